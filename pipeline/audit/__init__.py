@@ -1,0 +1,1 @@
+"""The audit trail: events, sinks, the recorder and the reader."""

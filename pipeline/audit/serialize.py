@@ -1,0 +1,58 @@
+"""Turning node arguments and metadata snapshots into JSON values for audit events.
+
+Node references read as ``"%name"`` (FX's own notation) and string literals as
+their ``repr``, so the two can never be confused; anything JSON cannot hold
+becomes a short readable string.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.fx
+
+_MAX_REPR = 200
+
+
+def argument(value: Any) -> Any:
+    """A node argument (possibly nested) as a JSON value."""
+    if isinstance(value, torch.fx.Node):
+        return f"%{value.name}"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [argument(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): argument(item) for key, item in value.items()}
+    if isinstance(value, torch.Tensor):
+        return f"tensor({list(value.shape)}, {value.dtype})"
+    return _short(value)
+
+
+def snapshot(value: Any) -> Any:
+    """A metadata snapshot (see :class:`~pipeline.audit.fields.MetaField`) as a JSON value."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [snapshot(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): snapshot(item) for key, item in value.items()}
+    return _short(value)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
+def fallback(value: Any) -> Any:
+    """``default=`` for :func:`json.dumps`: whatever a stage put in an event's details."""
+    return snapshot(value) if isinstance(value, (list, tuple, dict)) else _short(value)

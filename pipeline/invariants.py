@@ -1,0 +1,60 @@
+"""The invariants every stage must keep, checked after each stage that changed the graph.
+
+They hold for any graph, whatever the stages are for: FX's own lint passes, the
+stage left no node computing a value nobody uses, and the module still compiles
+to Python so later stages and the caller can run it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch.fx
+
+from pipeline.condition import Violation
+from pipeline.snapshot import GraphSnapshot, graph_modules
+
+
+def lint(graph_module: torch.fx.GraphModule) -> Iterator[Violation]:
+    """``graph.lint()`` of every graph: topological order, node ownership, targets that exist."""
+    for path, module in graph_modules(graph_module):
+        try:
+            module.graph.lint()
+        except Exception as error:
+            yield Violation(f"graph.lint() failed: {error}", graph=path)
+
+
+def no_new_dangling_nodes(before: GraphSnapshot, after: GraphSnapshot) -> Iterator[Violation]:
+    """No node the stage created, or whose users it took away, is left without users.
+
+    Side-effecting nodes, placeholders and outputs may stand alone.
+    """
+    for path, records in after.graphs.items():
+        previous = before.graphs.get(path, {})
+        for node, record in records.items():
+            if record.users or node.op in ("placeholder", "output"):
+                continue
+            old = previous.get(node)
+            if old is not None and old.users == 0:
+                continue
+            if node.op in ("call_function", "call_method", "call_module") and node.is_impure():
+                continue
+            yield Violation(
+                "has no users: the stage left it dangling (erase it, or use its value)",
+                node=node,
+                graph=path,
+            )
+
+
+def recompile(graph_module: torch.fx.GraphModule, changed: set[str]) -> Iterator[Violation]:
+    """Regenerate the Python code of every changed graph; a failure is a violation."""
+    for path, module in graph_modules(graph_module):
+        if path not in changed:
+            continue
+        try:
+            module.recompile()
+        except Exception as error:
+            yield Violation(
+                f"recompile() failed: {type(error).__name__}: {error}",
+                graph=path,
+            )

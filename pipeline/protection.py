@@ -1,0 +1,94 @@
+"""The guard over what the caller owns: their tensors and their graph.
+
+The pipeline shares the caller's tensors with its private copy instead of
+copying them, so a stage that writes into a weight in place would change the
+caller's model. Every tensor has a version counter that in-place writes bump;
+the guard reads them after every stage and fails the stage that bumped one.
+At the end of the run it also compares the caller's graph with its state at
+the start, which catches metadata objects mutated through the shallow copy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.fx
+
+from pipeline.audit.fields import MetaField
+from pipeline.errors import PipelineError, StageFailedError
+from pipeline.instrumentation import Instrumentation
+from pipeline.snapshot import GraphSnapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pipeline.run_state import RunState
+    from pipeline.stage_run import StageRun
+
+
+def _owned_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, value in (
+            *module._parameters.items(),
+            *module._buffers.items(),
+            *vars(module).items(),
+        ):
+            if isinstance(value, torch.Tensor):
+                tensors.setdefault(dot + name, value)
+    return tensors
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return int(tensor._version)
+    except RuntimeError:
+        return None
+
+
+class CallerGuard(Instrumentation):
+    """Fails the stage that wrote into a caller's tensor, and the run that changed the caller's graph."""
+
+    def __init__(self, model: object, meta_fields: Sequence[MetaField]) -> None:
+        self._meta_fields = meta_fields
+        self._versions: dict[str, tuple[torch.Tensor, int]] = {}
+        self._graph: torch.fx.GraphModule | None = None
+        self._snapshot: GraphSnapshot | None = None
+        if isinstance(model, torch.nn.Module):
+            for name, tensor in _owned_tensors(model).items():
+                version = _version(tensor)
+                if version is not None:
+                    self._versions[name] = (tensor, version)
+        if isinstance(model, torch.fx.GraphModule):
+            self._graph = model
+            self._snapshot = GraphSnapshot.take(model, meta_fields)
+
+    def after_stage(self, step: StageRun) -> None:
+        written = sorted(
+            name for name, (tensor, version) in self._versions.items() if _version(tensor) != version
+        )
+        if written:
+            for name in written:
+                tensor = self._versions[name][0]
+                self._versions[name] = (tensor, _version(tensor) or 0)
+            shown = ", ".join(written[:8]) + (f" and {len(written) - 8} more" if len(written) > 8 else "")
+            raise StageFailedError(
+                f"stage {step.stage.name!r} (plugin {step.plugin}) wrote in place into the caller's "
+                f"tensor(s) {shown}; stages share the caller's tensors and must make new ones to "
+                f"change them",
+                stage=step.stage.name,
+                plugin=step.plugin.name,
+            )
+
+    def run_finished(self, run: RunState, error: BaseException | None) -> None:
+        if self._graph is None or self._snapshot is None:
+            return
+        now = GraphSnapshot.take(self._graph, self._meta_fields)
+        if not self._snapshot.same_as(now):
+            raise PipelineError(
+                "the run changed the caller's graph module (stages that ran: "
+                f"{', '.join(run.report.ran_names()) or 'none'}): a stage mutated a shared metadata "
+                "object in place; stages must replace node.meta values rather than mutate them"
+            )

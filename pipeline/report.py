@@ -1,0 +1,94 @@
+"""What a run reports back: per-stage timings and node deltas, and where the audit trail went."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+if TYPE_CHECKING:
+    import torch.fx
+
+    from pipeline.audit.reader import AuditLog
+
+StageStatus = Literal["ran", "skipped", "failed"]
+
+
+@attrs.define
+class StageReport:
+    """One stage of a run: whether it ran, how long it took, what it did to the graph."""
+
+    name: str
+    plugin: str
+    phase: str
+    status: StageStatus
+    reason: str | None = None
+    seconds: float = 0.0
+    nodes_before: int | None = None
+    nodes_after: int | None = None
+    added: int = 0
+    removed: int = 0
+    rewired: int = 0
+    changed: bool = False
+
+
+@attrs.define
+class RunReport:
+    """The stages of one run in order, the run's wall time and the audit destination."""
+
+    run_id: str
+    stages: list[StageReport] = attrs.Factory(list)
+    seconds: float = 0.0
+    audit: str | None = None
+    warnings: list[str] = attrs.Factory(list)
+
+    def ran_names(self) -> list[str]:
+        """The stages that ran, in order."""
+        return [stage.name for stage in self.stages if stage.status == "ran"]
+
+    def __getitem__(self, name: str) -> StageReport:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The stage reports as plain data."""
+        return [attrs.asdict(stage) for stage in self.stages]
+
+    def table(self) -> str:
+        """A fixed-width table: stage, plugin, status, time, nodes added/removed/re-wired."""
+        header = ("stage", "plugin", "status", "ms", "nodes", "+", "-", "~")
+        rows = [
+            (
+                stage.name,
+                stage.plugin,
+                stage.status if stage.reason is None else f"{stage.status} ({stage.reason})",
+                f"{stage.seconds * 1000:.1f}",
+                "-" if stage.nodes_after is None else str(stage.nodes_after),
+                str(stage.added),
+                str(stage.removed),
+                str(stage.rewired),
+            )
+            for stage in self.stages
+        ]
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows
+        ]
+        lines.append(f"total {self.seconds * 1000:.1f} ms; audit: {self.audit or 'off'}")
+        return "\n".join(line.rstrip() for line in lines)
+
+
+@attrs.frozen
+class RunResult:
+    """The output of a run: the rewritten graph module, the report, and the in-memory audit log.
+
+    ``audit`` is ``None`` unless the trail went to memory (the default); a file
+    trail is read back with :meth:`AuditLog.load(report.audit) <pipeline.AuditLog.load>`.
+    """
+
+    graph_module: torch.fx.GraphModule | None
+    report: RunReport
+    audit: AuditLog | None = None

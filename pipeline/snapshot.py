@@ -1,0 +1,200 @@
+"""Snapshots of a graph module: what every node looked like at one moment.
+
+Two snapshots answer three questions the engine asks around every stage: did
+the graph change (the fingerprint), which nodes were added, removed, re-wired or
+re-targeted (the audit trail's structural diff), and did a condition check
+touch anything (it must not). One walk over the nodes serves all three.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch.fx
+
+from pipeline.audit.fields import MetaField
+from pipeline.naming import target_name
+
+
+class NodeRecord(NamedTuple):
+    """A node's structure and watched metadata at snapshot time.
+
+    ``args`` and ``kwargs`` are the node's own immutable containers, so they
+    keep referring to the input nodes themselves: a renamed input is not a
+    re-wiring.
+    """
+
+    name: str
+    op: str
+    target: str
+    args: tuple[Any, ...]
+    kwargs: Any
+    meta: tuple[Hashable, ...]
+    users: int
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_target_name(target: Hashable) -> str:
+    return target_name(target)
+
+
+def readable_target(target: Any) -> str:
+    """:func:`~pipeline.naming.target_name`, cached for hashable targets."""
+    try:
+        return _cached_target_name(target)
+    except TypeError:
+        return target_name(target)
+
+
+_MISSING = object()
+
+
+def graph_modules(root: torch.fx.GraphModule) -> Iterator[tuple[str, torch.fx.GraphModule]]:
+    """The graph module and every graph module nested in it, by qualified name (``""`` for root)."""
+    for path, module in root.named_modules(remove_duplicate=True):
+        if isinstance(module, torch.fx.GraphModule):
+            yield path, module
+
+
+class GraphSnapshot:
+    """Every node of a graph module and its nested graph modules, as :class:`NodeRecord`.
+
+    ``graphs`` maps a submodule path (``""`` for the top graph) to its nodes in
+    graph order; nodes are the keys, so the diff matches nodes by identity.
+    """
+
+    def __init__(
+        self,
+        graphs: dict[str, dict[torch.fx.Node, NodeRecord]],
+        meta_keys: tuple[str, ...],
+        graph_objects: dict[str, torch.fx.Graph] | None = None,
+    ) -> None:
+        self.graphs = graphs
+        self.meta_keys = meta_keys
+        self.graph_objects = graph_objects or {}
+
+    @classmethod
+    def take(
+        cls, graph_module: torch.fx.GraphModule | None, meta_fields: Sequence[MetaField]
+    ) -> GraphSnapshot:
+        """Snapshot ``graph_module`` (an empty snapshot for ``None``)."""
+        graphs: dict[str, dict[torch.fx.Node, NodeRecord]] = {}
+        objects: dict[str, torch.fx.Graph] = {}
+        keys = tuple(field.key for field in meta_fields)
+        if graph_module is None:
+            return cls(graphs, keys)
+        snapshots = tuple(field.snapshot for field in meta_fields)
+        for path, module in graph_modules(graph_module):
+            records: dict[torch.fx.Node, NodeRecord] = {}
+            for node in module.graph.nodes:
+                meta = node.meta
+                records[node] = NodeRecord(
+                    node.name,
+                    node.op,
+                    readable_target(node.target),
+                    node.args,
+                    node.kwargs,
+                    tuple(
+                        snap(value) if (value := meta.get(key, _MISSING)) is not _MISSING else None
+                        for key, snap in zip(keys, snapshots, strict=True)
+                    ),
+                    len(node.users),
+                )
+            graphs[path] = records
+            objects[path] = module.graph
+        return cls(graphs, keys, objects)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of the graphs' structure (names, ops, targets, wiring), stable across processes."""
+        digest = hashlib.blake2b(digest_size=16)
+        for path, records in self.graphs.items():
+            digest.update(f"graph {path}\n".encode())
+            for record in records.values():
+                digest.update(
+                    f"{record.name}\t{record.op}\t{record.target}\t{record.args!r}\t"
+                    f"{record.kwargs!r}\n".encode()
+                )
+        return digest.hexdigest()
+
+    @property
+    def node_count(self) -> int:
+        """Nodes across all graphs."""
+        return sum(len(records) for records in self.graphs.values())
+
+    def record(self, path: str, node: torch.fx.Node) -> NodeRecord | None:
+        """``node``'s record in the graph at ``path``, if it was there."""
+        records = self.graphs.get(path)
+        return None if records is None else records.get(node)
+
+    @property
+    def exists(self) -> bool:
+        """Whether there was a graph at all."""
+        return bool(self.graphs)
+
+    def changed_graphs(self, later: GraphSnapshot) -> set[str]:
+        """Paths of the graphs whose nodes, order, targets or wiring differ in ``later``."""
+        changed = {path for path in self.graphs if path not in later.graphs}
+        for path, records in later.graphs.items():
+            mine = self.graphs.get(path)
+            if mine is None or list(mine) != list(records):
+                changed.add(path)
+                continue
+            for node, record in records.items():
+                old = mine[node]
+                if (
+                    old[:3] != record[:3]
+                    or not same_arguments(old.args, record.args)
+                    or not same_arguments(old.kwargs, record.kwargs)
+                ):
+                    changed.add(path)
+                    break
+        return changed
+
+    def same_as(self, later: GraphSnapshot) -> bool:
+        """Whether nothing the snapshots record (structure, order or watched metadata) differs."""
+        if self.changed_graphs(later):
+            return False
+        return all(
+            record.meta == later.graphs[path][node].meta
+            for path, records in self.graphs.items()
+            for node, record in records.items()
+        )
+
+
+def same_arguments(old: Any, new: Any) -> bool:
+    """Whether two argument structures hold the same values and the same node objects."""
+    if old is new:
+        return True
+    try:
+        return bool(old == new)
+    except RuntimeError:
+        return False
+
+
+def identity_signature(graph_module: torch.fx.GraphModule | None) -> list[tuple[Any, ...]]:
+    """A cheap signature that changes when any node is added, removed, moved, re-wired,
+    re-targeted or renamed, or has a metadata key added, removed or reassigned.
+
+    Used to prove that a condition's check only read the graph. It compares
+    metadata values by identity, so it does not see a value mutated in place.
+    """
+    if graph_module is None:
+        return []
+    return [
+        (
+            node,
+            node.name,
+            node.op,
+            node.target,
+            node.args,
+            node.kwargs,
+            *map(id, node.meta.values()),
+            *node.meta,
+        )
+        for _, module in graph_modules(graph_module)
+        for node in module.graph.nodes
+    ]

@@ -1,0 +1,1 @@
+"""The built-in plugin: the hook implementations that declare the quantization flow."""
