@@ -21,6 +21,7 @@ from pipeline.errors import (
     StageError,
     StageFailedError,
 )
+from pipeline.factory import Factory
 from pipeline.hookspecs import hookimpl, hookspec
 from pipeline.instrumentation import Instrumentation
 from pipeline.options import RunOptions
@@ -39,6 +40,7 @@ __all__ = [
     "Condition",
     "ConditionViolationError",
     "Context",
+    "Factory",
     "FunctionCondition",
     "Instrumentation",
     "JsonLinesSink",

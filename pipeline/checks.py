@@ -67,7 +67,9 @@ class Checker(Instrumentation):
             found = list(invariants.lint(graph_module))
             if found:
                 self._report(step, "graph-lint", "invariant", found)
-            found = list(invariants.no_new_dangling_nodes(step.before, step.after))
+            found = (
+                list(invariants.no_new_dangling_nodes(step.before, step.after)) if step.before.exists else []
+            )
             if found:
                 self._report(step, "no-dangling-nodes", "invariant", found)
         for name in step.stage.ensures:

@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import torch
 import torch.fx
 
 from pipeline.audit.fields import ENGINE_META_FIELDS, MetaField
 from pipeline.audit.reader import AuditLog
 from pipeline.audit.recorder import AuditRecorder
-from pipeline.audit.sinks import JsonLinesSink, MemorySink, resolve_sink
+from pipeline.audit.sinks import MemorySink, resolve_sink
 from pipeline.audit.trail import AuditTrail
 from pipeline.checks import Checker
 from pipeline.condition import Condition
@@ -28,6 +29,9 @@ from pipeline.registry import Registry
 from pipeline.report import RunReport, RunResult
 from pipeline.run_state import RunState
 from pipeline.runner import Runner
+from pipeline.stage import Stage
+
+_COMMON_FIELDS = tuple(field.name for field in attrs.fields(Stage))
 
 DEFAULT_PHASES: tuple[str, ...] = ("prepare", "calibrate", "convert")
 """The phases a pipeline runs in order: the caller may calibrate or train between them."""
@@ -49,6 +53,8 @@ class Pipeline:
 
     Run options (``check``, ``skip``, ``stop_after``, ``bisect``) and the
     ``audit`` destination are defaults for every run; each run may override them.
+    ``stage_options`` sets stage options by stage name, e.g.
+    ``{"convert": {"uncalibrated": "error"}}``; each is validated by the stage.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class Pipeline:
         phases: Sequence[str] = DEFAULT_PHASES,
         assumes: Sequence[str] = (),
         instrumentations: Sequence[Instrumentation] = (),
+        stage_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         extra = tuple(extra)
         if plugins is not None:
@@ -78,7 +85,7 @@ class Pipeline:
         else:
             self.registry = Registry.discover(allow=allow, deny=deny, extra=extra)
         self.plan: Plan = build_plan(
-            self.registry.stages,
+            _with_options(self.registry.stages, stage_options or {}),
             _unique_conditions(self.registry.conditions),
             phases=tuple(phases),
             assumes=tuple(assumes),
@@ -145,7 +152,11 @@ class Pipeline:
         sink = resolve_sink(destination)
         run_id = uuid.uuid4().hex[:12]
         trail = AuditTrail(sink, run_id)
-        graph_module = private_copy(model) if isinstance(model, torch.fx.GraphModule) else None
+        graph_module = (
+            private_copy(model, [field.key for field in self.meta_fields if field.holds_nodes])
+            if isinstance(model, torch.fx.GraphModule)
+            else None
+        )
         parents = tuple(graph_module.meta.get(RUNS_META_KEY, ())) if graph_module is not None else ()
         ctx = Context(
             graph_module=graph_module,
@@ -153,7 +164,7 @@ class Pipeline:
             run_id=run_id,
             trail=trail,
         )
-        report = RunReport(run_id, audit=sink.path if isinstance(sink, JsonLinesSink) else None)
+        report = RunReport(run_id, audit=sink.destination)
         run = RunState(
             run_id=run_id,
             plan=self.plan,
@@ -195,6 +206,36 @@ class Pipeline:
             report=report,
             audit=AuditLog(sink.events) if isinstance(sink, MemorySink) else None,
         )
+
+
+def _with_options(
+    stages: Sequence[Provided[Stage]], options: Mapping[str, Mapping[str, Any]]
+) -> list[Provided[Stage]]:
+    known = {provided.item.name for provided in stages}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionsError(
+            f"stage_options names no stage of the pipeline: {', '.join(unknown)}; "
+            f"stages: {', '.join(sorted(known))}"
+        )
+    configured = []
+    for provided in stages:
+        changes = options.get(provided.item.name)
+        if changes:
+            fields = {field.name for field in attrs.fields(type(provided.item))}
+            wrong = sorted(set(changes) - (fields - set(_COMMON_FIELDS)))
+            if wrong:
+                raise OptionsError(
+                    f"stage {provided.item.name!r} (plugin {provided.plugin}) has no option "
+                    f"{', '.join(map(repr, wrong))}; its options: "
+                    f"{', '.join(sorted(provided.item.options())) or 'none'}"
+                )
+            try:
+                provided = Provided(attrs.evolve(provided.item, **changes), provided.plugin)
+            except (TypeError, ValueError) as error:
+                raise OptionsError(f"stage {provided.item.name!r}: {error}") from error
+        configured.append(provided)
+    return configured
 
 
 def _unique_conditions(

@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from pipeline.audit.fields import MetaField, NodeDescriber
     from pipeline.condition import Condition
+    from pipeline.factory import Factory
     from pipeline.instrumentation import Instrumentation
     from pipeline.stage import Stage
 
@@ -24,6 +25,18 @@ PROJECT = "pt2e_pipeline"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def pt2e_pipeline_hookspecs() -> Sequence[object]:
+    """Modules or classes holding further ``@hookspec`` functions this plugin defines.
+
+    A plugin family extends the registry with hooks of its own (the
+    quantization plugins define one for op annotators); other plugins then
+    implement them, and :meth:`~pipeline.registry.Registry.collect` gathers the
+    results, collect-all like every hook here.
+    """
+    raise NotImplementedError
 
 
 @hookspec
@@ -39,8 +52,14 @@ def pt2e_pipeline_conditions() -> Sequence[Condition]:
 
 
 @hookspec
-def pt2e_pipeline_quantizers() -> Sequence[object]:
-    """Named quantizer factories this plugin offers (the quantization plugins define their shape)."""
+def pt2e_pipeline_quantizers() -> Sequence[Factory]:
+    """Quantizers this plugin offers by name (``--quantizer NAME`` on the command line)."""
+    raise NotImplementedError
+
+
+@hookspec
+def pt2e_pipeline_models() -> Sequence[Factory]:
+    """Models this plugin offers by name, each built as ``(model, example_inputs)``."""
     raise NotImplementedError
 
 

@@ -27,7 +27,8 @@ def lint(graph_module: torch.fx.GraphModule) -> Iterator[Violation]:
 def no_new_dangling_nodes(before: GraphSnapshot, after: GraphSnapshot) -> Iterator[Violation]:
     """No node the stage created, or whose users it took away, is left without users.
 
-    Side-effecting nodes, placeholders and outputs may stand alone.
+    Side-effecting nodes, placeholders and outputs may stand alone, and so may
+    anything in a graph the stage produced from nothing (a capture).
     """
     for path, records in after.graphs.items():
         previous = before.graphs.get(path, {})

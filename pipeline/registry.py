@@ -19,6 +19,7 @@ from pipeline import hookspecs
 from pipeline.audit.fields import MetaField, NodeDescriber
 from pipeline.condition import Condition
 from pipeline.errors import PluginError
+from pipeline.factory import Factory
 from pipeline.instrumentation import Instrumentation
 from pipeline.plugin_info import PluginInfo, Provided, info_for_object, matches
 from pipeline.stage import Stage
@@ -40,6 +41,8 @@ class Registry:
             except ValueError as error:
                 raise PluginError(f"plugin {info} could not be registered: {error}") from error
             self._infos[info.name] = info
+        for provided in self._collect("pt2e_pipeline_hookspecs", object):
+            self._manager.add_hookspecs(provided.item)  # type: ignore[arg-type]
         try:
             self._manager.check_pending()
         except pluggy.PluginValidationError as error:
@@ -51,7 +54,8 @@ class Registry:
             ) from error
         self.stages = self._collect("pt2e_pipeline_stages", Stage)
         self.conditions = self._collect("pt2e_pipeline_conditions", Condition)
-        self.quantizers = self._collect("pt2e_pipeline_quantizers", object)
+        self.quantizers = self._collect("pt2e_pipeline_quantizers", Factory)
+        self.models = self._collect("pt2e_pipeline_models", Factory)
         self.instrumentations = self._collect("pt2e_pipeline_instrumentations", Instrumentation)
         self.meta_fields = self._collect("pt2e_pipeline_meta_fields", MetaField)
         self.describers = self._collect("pt2e_pipeline_node_describers", NodeDescriber)
@@ -96,6 +100,30 @@ class Registry:
             loaded.append((plugin, info))
         loaded.extend((plugin, info_for_object(plugin)) for plugin in extra)
         return cls(loaded)
+
+    def factory(self, kind: str, name: str) -> Provided[Factory]:
+        """The quantizer or model factory called ``name``; an error lists what there is."""
+        offered = {"quantizer": self.quantizers, "model": self.models}[kind]
+        matching = [provided for provided in offered if provided.item.name == name]
+        if len(matching) > 1:
+            raise PluginError(
+                f"{kind} {name!r} is offered by more than one plugin: "
+                + "; ".join(str(provided.plugin) for provided in matching)
+            )
+        if not matching:
+            names = ", ".join(sorted(provided.item.name for provided in offered)) or "none"
+            raise PluginError(f"no {kind} named {name!r}; installed: {names}")
+        return matching[0]
+
+    def collect(self, hook_name: str, kind: type[T]) -> tuple[Provided[T], ...]:
+        """Every item of type ``kind`` that any plugin returns from ``hook_name``, with its plugin.
+
+        ``hook_name`` may be a hook that a plugin defined through
+        ``pt2e_pipeline_hookspecs``; an unknown hook is an error.
+        """
+        if not hasattr(self._manager.hook, hook_name):
+            raise PluginError(f"no plugin defines the hook {hook_name!r}")
+        return self._collect(hook_name, kind)
 
     def _collect(self, hook_name: str, kind: type[T]) -> tuple[Provided[T], ...]:
         collected: list[Provided[T]] = []

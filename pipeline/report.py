@@ -34,7 +34,11 @@ class StageReport:
 
 @attrs.define
 class RunReport:
-    """The stages of one run in order, the run's wall time and the audit destination."""
+    """The stages of one run in order, the run's wall time and where the audit trail went.
+
+    ``audit`` is the file path, ``"memory"`` (see :attr:`RunResult.audit`),
+    ``"logger <name>"``, or ``None`` when the trail was off.
+    """
 
     run_id: str
     stages: list[StageReport] = attrs.Factory(list)

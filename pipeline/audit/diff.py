@@ -145,7 +145,7 @@ class Differ:
         details: dict[str, Any] = {}
         if origin is not None:
             fields["sources"] = [source.name for source in origin.sources]
-            details.update(serialize.argument(dict(origin.details)))
+            details.update(serialize.detail(dict(origin.details)))
         else:
             fields["sources"] = sorted(set(replaced.get(node.name, ())))
         details.update(self._describe(node))
@@ -228,7 +228,7 @@ class Differ:
             return {}
         details: dict[str, Any] = {}
         for describer in describers:
-            details.update(serialize.argument(dict(describer.describe(node))))
+            details.update(serialize.detail(dict(describer.describe(node))))
         return details
 
 

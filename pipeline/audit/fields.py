@@ -50,12 +50,15 @@ class MetaField:
     ``snapshot`` turns the live value into a hashable value that stays put when
     the live one is mutated in place; two snapshots that differ mean the field
     changed. Snapshots must be JSON-serializable once tuples read as lists.
+    ``holds_nodes`` says the value refers to other nodes (as an annotation
+    does), which a copy of the graph must re-point at its own nodes.
     """
 
     key: str = attrs.field(validator=attrs.validators.instance_of(str))
     snapshot: Callable[[Any], Hashable] = attrs.field(
         default=freeze, validator=attrs.validators.is_callable()
     )
+    holds_nodes: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 ENGINE_META_FIELDS: tuple[MetaField, ...] = (

@@ -35,6 +35,17 @@ def argument(value: Any) -> Any:
     return _short(value)
 
 
+def detail(value: Any) -> Any:
+    """A detail a stage or describer attached to an event: plain JSON, nodes as ``"%name"``."""
+    if isinstance(value, torch.fx.Node):
+        return f"%{value.name}"
+    if isinstance(value, (list, tuple)):
+        return [detail(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): detail(item) for key, item in value.items()}
+    return snapshot(value)
+
+
 def snapshot(value: Any) -> Any:
     """A metadata snapshot (see :class:`~pipeline.audit.fields.MetaField`) as a JSON value."""
     if value is None or isinstance(value, (str, bool, int)):

@@ -45,6 +45,11 @@ class AuditSink:
     def close(self) -> None:
         """Release the sink's resources; later events are an error."""
 
+    @property
+    def destination(self) -> str | None:
+        """Where the events go, for reports: a path, ``"memory"``, ``"logger <name>"``, or ``None``."""
+        return None
+
 
 class JsonLinesSink(AuditSink):
     """Appends one JSON object per line to a file, flushed at every stage boundary."""
@@ -79,6 +84,10 @@ class JsonLinesSink(AuditSink):
     def __repr__(self) -> str:
         return f"JsonLinesSink({self.path!r})"
 
+    @property
+    def destination(self) -> str:
+        return self.path
+
 
 class MemorySink(AuditSink):
     """Keeps events as dicts in a list (``events``), for tests and for callers that post-process."""
@@ -88,6 +97,10 @@ class MemorySink(AuditSink):
 
     def renderer(self) -> Processor:
         return _as_dict
+
+    @property
+    def destination(self) -> str:
+        return "memory"
 
     def info(self, **event: Any) -> None:
         self.events.append(json.loads(json.dumps(event, default=fallback, allow_nan=False)))
@@ -109,6 +122,10 @@ class LoggerSink(AuditSink):
 
     def renderer(self) -> Processor:
         return json_renderer() if self._stdlib else _as_dict
+
+    @property
+    def destination(self) -> str:
+        return f"logger {getattr(self.logger, 'name', type(self.logger).__name__)}"
 
     def info(self, *args: Any, **kwargs: Any) -> None:
         if self._stdlib:

@@ -281,7 +281,7 @@ def test_created_nodes_carry_their_origin_and_a_plugin_meta_field():
     )
     created = result.audit.select(stage="toy-clamp", action="created")
     assert len(created) == 4
-    assert created[0]["sources"] == ["relu"] and created[0]["details"] == {"reason": "'clamp'"}
+    assert created[0]["sources"] == ["relu"] and created[0]["details"] == {"reason": "clamp"}
     assert created[0]["target"] == "aten.hardtanh.default"
     assert created[0]["args"] == ["%linear", 0.0, 6.0]
     assert created[0]["meta"]["quantization_tag"] == "toy"

@@ -231,7 +231,7 @@ def test_describers_add_details_to_node_events():
     model, inputs = small_net()
     result = Pipeline(plugins=[ToyPlugin(), Describes()]).run(model, inputs)
     created = result.audit.select(stage="toy-clamp", action="created")
-    assert created[0]["details"] == {"reason": "'clamp'", "low": 0.0, "high": 6.0}
+    assert created[0]["details"] == {"reason": "clamp", "low": 0.0, "high": 6.0}
 
 
 def test_stage_notes_reach_the_trail():

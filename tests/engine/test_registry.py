@@ -19,6 +19,7 @@ from pipeline import (
     Stage,
     hookimpl,
 )
+from pipeline.registry import Registry
 
 EXAMPLE = "pt2e-example-strip-dropout"
 
@@ -83,7 +84,7 @@ def test_the_broken_twin_is_caught_and_named():
 
 def test_allow_and_deny_filter_by_plugin_or_distribution_name():
     def names(**filters):
-        return {p.name for p in Pipeline.default(extra=[ToyPlugin()], **filters).registry.plugins}
+        return {p.name for p in Registry.discover(**filters).plugins}
 
     assert "strip-dropout" not in names(deny=[EXAMPLE])
     assert "strip-dropout" not in names(deny=["strip-dropout"])
@@ -133,8 +134,8 @@ def test_a_plugin_that_fails_to_import_is_an_error_naming_its_distribution(broke
 
 
 def test_a_broken_plugin_can_be_denied(broken_distribution):
-    pipeline = Pipeline.default(deny=[broken_distribution], extra=[ToyPlugin()])
-    assert "acme" not in {p.name for p in pipeline.registry.plugins}
+    registry = Registry.discover(deny=[broken_distribution])
+    assert "acme" not in {p.name for p in registry.plugins}
 
 
 def test_a_misspelt_hook_is_an_error_naming_the_plugin():
@@ -221,3 +222,47 @@ def test_running_with_the_example_removes_dropout_without_touching_the_caller():
     )
     assert torch.equal(result.graph_module(*inputs), expected)
     assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+class AnnotatorSpecs:
+    """A plugin family's own hook, defined by one plugin and implemented by another."""
+
+    from pipeline import hookspec
+
+    @hookspec
+    def pt2e_pipeline_widgets(self):
+        """Widgets a plugin offers."""
+
+
+def test_a_plugin_can_define_a_hook_that_other_plugins_implement():
+    class Definer:
+        @hookimpl
+        def pt2e_pipeline_hookspecs(self):
+            return [AnnotatorSpecs]
+
+        @hookimpl
+        def pt2e_pipeline_widgets(self):
+            return ["gear"]
+
+    class Implementer:
+        @hookimpl
+        def pt2e_pipeline_widgets(self):
+            return ["spring"]
+
+    registry = Pipeline(plugins=[Definer(), Implementer()]).registry
+    assert sorted(provided.item for provided in registry.collect("pt2e_pipeline_widgets", str)) == [
+        "gear",
+        "spring",
+    ]
+    with pytest.raises(PluginError, match="no plugin defines the hook 'pt2e_pipeline_gadgets'"):
+        registry.collect("pt2e_pipeline_gadgets", str)
+
+
+def test_implementing_a_hook_no_plugin_defines_is_still_an_error():
+    class Implementer:
+        @hookimpl
+        def pt2e_pipeline_widgets(self):
+            return ["spring"]
+
+    with pytest.raises(PluginError, match="implements a hook the pipeline does not define"):
+        Pipeline(plugins=[Implementer()])

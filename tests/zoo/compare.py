@@ -5,14 +5,21 @@ is strict: identical operator counts, identical quantization parameters
 (`torch.equal` for tensors, `==` with matching types for scalars) and
 identical outputs.  When something differs, the failure message says which
 operators, which Q/DQ node and which output element, with both values.
+
+Q/DQ records are matched by what they connect (`qdq_key`), not by graph
+order, because passes may legitimately move Q/DQ nodes (fold-quantize places
+each weight's dequantize next to its consumer; duplicated dequantize nodes
+come out in users order).  `qparam_matching="graph-order"` keeps the older,
+positional comparison.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.fx import GraphModule, Node
@@ -150,6 +157,67 @@ def is_qdq_node(node: Node) -> bool:
 def qdq_params(gm: GraphModule) -> list[QParamRecord]:
     """Records of every Q/DQ/choose_qparams node, in graph order (HOPs included)."""
     return [_record(location, owner, node) for location, owner, node in walk_nodes(gm) if is_qdq_node(node)]
+
+
+QDQKey = tuple[str, str, tuple[Any, ...], tuple[str, ...]]
+"""(location, target, nearest non-Q/DQ producer, sorted nearest non-Q/DQ consumers)."""
+
+QParamMatching = Literal["key", "graph-order"]
+
+
+def qdq_key(location: str, owner: GraphModule, node: Node) -> QDQKey:
+    """What a Q/DQ node connects, independent of where it sits in the graph.
+
+    The producer is the first non-Q/DQ node up the chain of input arguments
+    (a constant when it is a get_attr tensor, keyed by dtype, shape and
+    bytes); the consumers are the non-Q/DQ nodes reached down through Q/DQ
+    users (getitem of a choose_qparams counts as a consumer).  Node names
+    outside Q/DQ chains are shared by two graphs built from the same export.
+    """
+    return (location, target_name(node.target), _producer_key(owner, node), _consumer_names(node))
+
+
+def _producer_key(owner: GraphModule, node: Node) -> tuple[Any, ...]:
+    source = node.args[0] if node.args else None
+    while isinstance(source, Node) and is_qdq_node(source):
+        source = source.args[0] if source.args else None
+    if not isinstance(source, Node):
+        return ("value", repr(source))
+    if source.op == "get_attr":
+        value = _fetch_attr(owner, source.target)
+        if isinstance(value, torch.Tensor):
+            return ("constant", *_tensor_fingerprint(value))
+    return ("node", source.name)
+
+
+def _tensor_fingerprint(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], str]:
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return str(tensor.dtype), tuple(tensor.shape), hashlib.sha1(raw.numpy().tobytes()).hexdigest()
+
+
+def _consumer_names(node: Node) -> tuple[str, ...]:
+    names: set[str] = set()
+    seen: set[Node] = set()
+    stack = list(node.users)
+    while stack:
+        user = stack.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if is_qdq_node(user):
+            stack.extend(user.users)
+        else:
+            names.add(user.name)
+    return tuple(sorted(names))
+
+
+def qdq_params_by_key(gm: GraphModule) -> dict[QDQKey, list[QParamRecord]]:
+    """Records of every Q/DQ/choose_qparams node grouped by `qdq_key`, graph order within a group."""
+    groups: dict[QDQKey, list[QParamRecord]] = {}
+    for location, owner, node in walk_nodes(gm):
+        if is_qdq_node(node):
+            groups.setdefault(qdq_key(location, owner, node), []).append(_record(location, owner, node))
+    return groups
 
 
 def _record(location: str, owner: GraphModule, node: Node) -> QParamRecord:
@@ -296,6 +364,46 @@ def _qparam_differences(ours: Sequence[QParamRecord], reference: Sequence[QParam
     ]
 
 
+def _keyed_qparam_differences(
+    ours: dict[QDQKey, list[QParamRecord]], reference: dict[QDQKey, list[QParamRecord]]
+) -> list[str]:
+    total_ours = sum(map(len, ours.values()))
+    total_reference = sum(map(len, reference.values()))
+    header = (
+        f"  ours has {total_ours} records, reference has {total_reference} (matched by what they connect)"
+    )
+    only: dict[str, list[QParamRecord]] = {"ours": [], "reference": []}
+    for key in [*reference, *(key for key in ours if key not in reference)]:
+        mine, theirs = ours.get(key, []), reference.get(key, [])
+        for mine_record, their_record in zip(mine, theirs, strict=False):
+            differing = mine_record.differing_fields(their_record)
+            if differing:
+                return [
+                    header,
+                    f"  first difference, for {_describe_key(key)}:",
+                    *_record_table(mine_record, their_record, differing),
+                ]
+        only["ours"] += mine[len(theirs) :]
+        only["reference"] += theirs[len(mine) :]
+    lines = []
+    for owner, records in only.items():
+        for record in records[:5]:
+            lines.append(
+                f"  only in {owner}: {_location(record)} {record.node}: {record.target} "
+                f"scale={format_value(record.scale)} zero_point={format_value(record.zero_point)}"
+            )
+        if len(records) > 5:
+            lines.append(f"  ... and {len(records) - 5} more only in {owner}")
+    return [header, *lines] if lines else []
+
+
+def _describe_key(key: QDQKey) -> str:
+    location, target, producer, consumers = key
+    where = f"[{location}]" if location else "[top level]"
+    source = producer[1] if producer[0] != "constant" else f"constant {producer[1]}{list(producer[2])}"
+    return f"{where} {target} from {source} to {', '.join(consumers) or 'nothing'}"
+
+
 def _location(record: QParamRecord) -> str:
     return f"[{record.location}]" if record.location else "[top level]"
 
@@ -356,18 +464,36 @@ def _run(gm: GraphModule, example_inputs: tuple, role: str) -> Any:
         raise RuntimeError(f"{role} raised while running on the example inputs") from error
 
 
-def quantized_differences(ours: GraphModule, reference: GraphModule, example_inputs: tuple) -> list[str]:
-    """Every way `ours` differs from `reference`, as report lines (empty if none)."""
+def quantized_differences(
+    ours: GraphModule,
+    reference: GraphModule,
+    example_inputs: tuple,
+    qparam_matching: QParamMatching = "key",
+) -> list[str]:
+    """Every way `ours` differs from `reference`, as report lines (empty if none).
+
+    `qparam_matching` pairs Q/DQ records by `qdq_key` ("key") or by position
+    in graph order ("graph-order").
+    """
+    if qparam_matching == "key":
+        qparams = (
+            "Q/DQ parameters differ (matched by what they connect):",
+            _keyed_qparam_differences(qdq_params_by_key(ours), qdq_params_by_key(reference)),
+        )
+    elif qparam_matching == "graph-order":
+        qparams = (
+            "Q/DQ parameters differ (graph order):",
+            _qparam_differences(qdq_params(ours), qdq_params(reference)),
+        )
+    else:
+        raise ValueError(f"qparam_matching must be 'key' or 'graph-order', got {qparam_matching!r}")
     report = []
     sections = (
         (
             "operator counts differ (call_function, HOP subgraphs included):",
             _op_count_differences(op_multiset(ours), op_multiset(reference)),
         ),
-        (
-            "Q/DQ parameters differ (graph order):",
-            _qparam_differences(qdq_params(ours), qdq_params(reference)),
-        ),
+        qparams,
         (
             "outputs on the example inputs differ:",
             _output_differences(
@@ -381,8 +507,16 @@ def quantized_differences(ours: GraphModule, reference: GraphModule, example_inp
     return report
 
 
-def assert_same_quantized(ours: GraphModule, reference: GraphModule, example_inputs: tuple) -> None:
-    """Assert `ours` matches torchao's `reference` in ops, qparams and outputs."""
-    report = quantized_differences(ours, reference, example_inputs)
+def assert_same_quantized(
+    ours: GraphModule,
+    reference: GraphModule,
+    example_inputs: tuple,
+    qparam_matching: QParamMatching = "key",
+) -> None:
+    """Assert `ours` matches torchao's `reference` in ops, qparams and outputs.
+
+    Q/DQ records are matched by `qdq_key` unless `qparam_matching="graph-order"`.
+    """
+    report = quantized_differences(ours, reference, example_inputs, qparam_matching)
     if report:
         raise AssertionError("quantized model differs from the torchao reference\n" + "\n".join(report))

@@ -1,0 +1,228 @@
+"""PTQ side by side: torchao 0.18's prepare_pt2e + convert_pt2e against pt2e-pipeline's, in one process.
+
+Both sides start from copies of the same exported graph, use the same quantizer
+recipe and the same calibration batch, and are timed on prepare and on convert
+(calibration is not timed: it runs the same observers on both sides). Ours runs
+with checks strict, and with the audit trail in memory and off. Memory is the
+peak resident set during convert minus the resident set before it, as a
+multiple of the model's parameter bytes.
+
+    python benchmarks/ptq.py                 # the full table (several minutes)
+    python benchmarks/ptq.py --quick         # small sizes only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from pipeline import Pipeline
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE
+
+
+@contextmanager
+def peak_resident() -> Iterator[dict[str, int]]:
+    """Samples the resident set every millisecond; yields a dict filled with 'before' and 'peak'."""
+    result = {"before": resident_bytes(), "peak": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            result["peak"] = max(result["peak"], resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        sampler.join()
+        result["peak"] = max(result["peak"], resident_bytes())
+
+
+class ResidualBlock(torch.nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))) + x
+
+
+class ResidualCNN(torch.nn.Module):
+    def __init__(self, blocks: int, channels: int = 16) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.blocks = torch.nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
+        self.head = torch.nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class EncoderLayer(torch.nn.Module):
+    def __init__(self, width: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.LayerNorm(width)
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.out = torch.nn.Linear(width, width)
+        self.norm2 = torch.nn.LayerNorm(width)
+        self.up = torch.nn.Linear(width, 4 * width)
+        self.down = torch.nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, tokens, self.heads, width // self.heads).transpose(1, 2)
+
+        scores = torch.matmul(split(q), split(k).transpose(-1, -2)) / (width // self.heads) ** 0.5
+        attended = torch.matmul(scores.softmax(-1), split(v)).transpose(1, 2).reshape(batch, tokens, width)
+        x = x + self.out(attended)
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm2(x))))
+
+
+class Transformer(torch.nn.Module):
+    def __init__(self, layers: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(*(EncoderLayer() for _ in range(layers)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def llama(layers: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
+    return LlamaForCausalLM(config).eval(), (torch.randint(0, 256, (1, 16)),)
+
+
+def models(quick: bool) -> list[tuple[str, Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]]]]:
+    cnn = [8] if quick else [8, 64, 256]
+    transformer = [4] if quick else [4, 32]
+    found: list[tuple[str, Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]]]] = []
+    for blocks in cnn:
+        found.append(
+            (
+                f"residual CNN x{blocks}",
+                lambda b=blocks: (ResidualCNN(b).eval(), (torch.randn(2, 3, 16, 16),)),
+            )
+        )
+    for layers in transformer:
+        found.append(
+            (f"transformer x{layers}", lambda n=layers: (Transformer(n).eval(), (torch.randn(2, 16, 64),)))
+        )
+    if not quick:
+        found.append(("llama x128 (transformers)", lambda: llama(128)))
+    return found
+
+
+def quantizer() -> Any:
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    gc.collect()
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def torchao_side(graph_module: torch.fx.GraphModule, inputs: tuple[Any, ...]) -> dict[str, float]:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared, prepare_seconds = timed(lambda: prepare_pt2e(graph_module, quantizer()))
+    with torch.no_grad():
+        prepared(*inputs)
+    with peak_resident() as memory:
+        _, convert_seconds = timed(lambda: convert_pt2e(prepared))
+    return {
+        "prepare": prepare_seconds,
+        "convert": convert_seconds,
+        "convert_memory": memory["peak"] - memory["before"],
+    }
+
+
+def our_side(graph_module: torch.fx.GraphModule, inputs: tuple[Any, ...], audit: bool) -> dict[str, float]:
+    pipeline = Pipeline.default(audit=None if audit else False)
+    result, prepare_seconds = timed(lambda: pipeline.prepare(graph_module, quantizer=quantizer()))
+    prepared = result.graph_module
+    with torch.no_grad():
+        prepared(*inputs)
+    with peak_resident() as memory:
+        _, convert_seconds = timed(lambda: pipeline.convert(prepared))
+    return {
+        "prepare": prepare_seconds,
+        "convert": convert_seconds,
+        "convert_memory": memory["peak"] - memory["before"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    args = parser.parse_args(argv)
+    header = (
+        f"{'model':<28}{'nodes':>7}{'torchao s':>11}{'ours s':>9}{'ratio':>7}"
+        f"{'ours no-trail s':>17}{'ratio':>7}{'mem torchao':>13}{'mem ours':>10}"
+    )
+    print("prepare + convert, XNNPACK per-channel recipe; memory = convert peak RSS growth / parameter bytes")
+    print(header)
+    for label, build in models(args.quick):
+        torch.manual_seed(0)
+        model, inputs = build()
+        exported = torch.export.export(model, inputs).module()
+        parameter_bytes = sum(p.numel() * p.element_size() for p in exported.parameters())
+        nodes = len(exported.graph.nodes)
+        reference = torchao_side(copy.deepcopy(exported), inputs)
+        ours = our_side(exported, inputs, audit=True)
+        bare = our_side(exported, inputs, audit=False)
+        theirs_total = reference["prepare"] + reference["convert"]
+        ours_total = ours["prepare"] + ours["convert"]
+        bare_total = bare["prepare"] + bare["convert"]
+        print(
+            f"{label:<28}{nodes:>7}{theirs_total:>11.2f}{ours_total:>9.2f}{ours_total / theirs_total:>7.2f}"
+            f"{bare_total:>17.2f}{bare_total / theirs_total:>7.2f}"
+            f"{reference['convert_memory'] / parameter_bytes:>12.2f}x"
+            f"{ours['convert_memory'] / parameter_bytes:>9.2f}x"
+        )
+        print(
+            f"{'':<28}{'':>7}  prepare {reference['prepare']:.2f}/{ours['prepare']:.2f}  "
+            f"convert {reference['convert']:.2f}/{ours['convert']:.2f}  (torchao/ours, seconds)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""What the audit trail records for quantization: annotation and tag changes, and Q/DQ qparams.
+
+The engine watches ``stack_trace`` and ``nn_module_stack`` on its own; these
+declarations add ``quantization_tag`` and ``quantization_annotation`` (a change
+to either becomes a ``node.meta_changed`` event) and give every event about a
+quantize, dequantize or choose-qparams node its scale, zero point, range,
+dtype and axis, read from the node's own arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.operator_schemas import normalize_function
+from torchao.quantization.pt2e.quantizer import (
+    DerivedQuantizationSpec,
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    SharedQuantizationSpec,
+)
+
+from pipeline import MetaField, NodeDescriber
+from plugins import ops
+from plugins.sharing import describe
+
+_LISTED_VALUES = 256
+
+
+def spec_summary(spec: object) -> str | None:
+    """A one-line, stable description of a quantization spec."""
+    if spec is None:
+        return None
+    if isinstance(spec, SharedQuantizationSpec):
+        return f"shared with {describe(spec.edge_or_node)}"
+    if isinstance(spec, DerivedQuantizationSpec):
+        sources = ", ".join(describe(source) for source in spec.derived_from)
+        return f"derived {spec.dtype} {spec.qscheme} from {sources}"
+    if isinstance(spec, FixedQParamsQuantizationSpec):
+        return (
+            f"fixed {spec.dtype} scale={spec.scale} zero_point={spec.zero_point} "
+            f"[{spec.quant_min}, {spec.quant_max}]"
+        )
+    if isinstance(spec, QuantizationSpec):
+        constructor = spec.observer_or_fake_quant_ctr
+        observer = getattr(getattr(constructor, "p", None), "func", constructor)
+        parts = [
+            str(spec.dtype),
+            str(spec.qscheme),
+            f"[{spec.quant_min}, {spec.quant_max}]",
+            f"axis={spec.ch_axis}" if spec.ch_axis is not None else "",
+            "dynamic" if spec.is_dynamic else "",
+            getattr(observer, "__name__", type(observer).__name__),
+        ]
+        return " ".join(part for part in parts if part)
+    return repr(spec)
+
+
+def annotation_snapshot(value: Any) -> Hashable:
+    """A frozen summary of a ``QuantizationAnnotation`` (its specs by input name, and its flags)."""
+    if not isinstance(value, QuantizationAnnotation):
+        return repr(value)
+    return (
+        (
+            "inputs",
+            tuple(
+                (getattr(producer, "name", str(producer)), spec_summary(spec))
+                for producer, spec in value.input_qspec_map.items()
+            ),
+        ),
+        ("output", spec_summary(value.output_qspec)),
+        ("allow_implicit_sharing", value.allow_implicit_sharing),
+        ("annotated", value._annotated),
+    )
+
+
+META_FIELDS = (
+    MetaField("quantization_tag"),
+    MetaField("quantization_annotation", annotation_snapshot, holds_nodes=True),
+)
+
+
+def _value(owner: torch.nn.Module | None, argument: Any) -> Any:
+    if isinstance(argument, torch.fx.Node):
+        if argument.op == "get_attr" and owner is not None:
+            try:
+                tensor = _fetch(owner, str(argument.target))
+            except AttributeError:
+                return f"%{argument.name}"
+            return _tensor(tensor) if isinstance(tensor, torch.Tensor) else f"%{argument.name}"
+        return f"%{argument.name}"
+    if isinstance(argument, (torch.dtype, torch.device, torch.qscheme)):
+        return str(argument)
+    if isinstance(argument, (list, tuple)):
+        return [_value(owner, item) for item in argument]
+    return argument
+
+
+def _fetch(owner: torch.nn.Module, target: str) -> Any:
+    value: Any = owner
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _tensor(tensor: torch.Tensor) -> Any:
+    flat = tensor.detach().flatten()
+    if flat.numel() <= _LISTED_VALUES:
+        values = flat.tolist()
+        return values[0] if tensor.dim() == 0 else values
+    return {
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype),
+        "min": flat.min().item(),
+        "max": flat.max().item(),
+    }
+
+
+def describe_qdq(node: torch.fx.Node) -> dict[str, Any]:
+    """The qparams of a quantize, dequantize or choose-qparams node, by argument name."""
+    normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    if normalized is None:
+        return {}
+    owner = node.graph.owning_module
+    details = {}
+    for name, argument in normalized.kwargs.items():
+        if name == "input":
+            continue
+        details[name] = _value(owner, argument)
+    return details
+
+
+DESCRIBERS = (NodeDescriber(tuple(ops.QDQ_OPS), describe_qdq),)
