@@ -111,20 +111,23 @@ class Transformer(torch.nn.Module):
         return self.layers(x)
 
 
-def llama(layers: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+def llama(
+    layers: int, hidden: int = 64, intermediate: int = 128, vocab: int = 256
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """A Llama from a transformers config with random weights (no download)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,
         use_cache=False,
     )
-    return LlamaForCausalLM(config).eval(), (torch.randint(0, 256, (1, 16)),)
+    return LlamaForCausalLM(config).eval(), (torch.randint(0, vocab, (1, 16)),)
 
 
 def models(quick: bool) -> list[tuple[str, Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]]]]:
@@ -144,13 +147,28 @@ def models(quick: bool) -> list[tuple[str, Callable[[], tuple[torch.nn.Module, t
         )
     if not quick:
         found.append(("llama x128 (transformers)", lambda: llama(128)))
+        found.append(
+            ("llama wide x4 (memory)", lambda: llama(4, hidden=1024, intermediate=2816, vocab=32000))
+        )
     return found
 
 
-def quantizer() -> Any:
-    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+RECIPES = ("x86", "xnnpack", "symmetric")
+_recipe = "x86"
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+def quantizer() -> Any:
+    """A fresh quantizer of the chosen recipe (torchao's XNNPACK test quantizer cannot prepare the Llama)."""
+    if _recipe == "xnnpack":
+        from torchao.testing.pt2e._xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    from plugins.quantizers import symmetric, x86_inductor
+
+    return x86_inductor() if _recipe == "x86" else symmetric()
 
 
 def timed(function: Callable[[], Any]) -> tuple[Any, float]:
@@ -193,14 +211,20 @@ def our_side(graph_module: torch.fx.GraphModule, inputs: tuple[Any, ...], audit:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--recipe", choices=RECIPES, default="x86", help="quantizer recipe (default x86)")
+    parser.add_argument("--only", help="run only the models whose label contains this text")
     args = parser.parse_args(argv)
+    global _recipe
+    _recipe = args.recipe
     header = (
         f"{'model':<28}{'nodes':>7}{'torchao s':>11}{'ours s':>9}{'ratio':>7}"
         f"{'ours no-trail s':>17}{'ratio':>7}{'mem torchao':>13}{'mem ours':>10}"
     )
-    print("prepare + convert, XNNPACK per-channel recipe; memory = convert peak RSS growth / parameter bytes")
+    print(f"prepare + convert, {args.recipe} recipe; memory = convert peak RSS growth / parameter bytes")
     print(header)
     for label, build in models(args.quick):
+        if args.only and args.only not in label:
+            continue
         torch.manual_seed(0)
         model, inputs = build()
         exported = torch.export.export(model, inputs).module()

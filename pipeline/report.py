@@ -31,6 +31,23 @@ class StageReport:
     rewired: int = 0
     changed: bool = False
 
+    def cells(self) -> tuple[str, ...]:
+        """The row of this stage under :data:`COLUMNS`, as text."""
+        return (
+            self.name,
+            self.plugin,
+            self.status if self.reason is None else f"{self.status} ({self.reason})",
+            f"{self.seconds * 1000:.1f}",
+            "-" if self.nodes_after is None else str(self.nodes_after),
+            str(self.added),
+            str(self.removed),
+            str(self.rewired),
+        )
+
+
+COLUMNS = ("stage", "plugin", "status", "ms", "nodes", "added", "removed", "re-wired")
+"""The columns of a stage report row, as :meth:`StageReport.cells` fills them."""
+
 
 @attrs.define
 class RunReport:
@@ -62,20 +79,8 @@ class RunReport:
 
     def table(self) -> str:
         """A fixed-width table: stage, plugin, status, time, nodes added/removed/re-wired."""
-        header = ("stage", "plugin", "status", "ms", "nodes", "+", "-", "~")
-        rows = [
-            (
-                stage.name,
-                stage.plugin,
-                stage.status if stage.reason is None else f"{stage.status} ({stage.reason})",
-                f"{stage.seconds * 1000:.1f}",
-                "-" if stage.nodes_after is None else str(stage.nodes_after),
-                str(stage.added),
-                str(stage.removed),
-                str(stage.rewired),
-            )
-            for stage in self.stages
-        ]
+        header = COLUMNS
+        rows = [stage.cells() for stage in self.stages]
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
         lines += [

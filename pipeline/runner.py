@@ -24,7 +24,7 @@ from pipeline.naming import describe_node
 from pipeline.plan import PlannedStage
 from pipeline.report import StageReport
 from pipeline.run_state import RunState
-from pipeline.snapshot import GraphSnapshot
+from pipeline.snapshot import GraphSnapshot, identity_signature
 from pipeline.stage_run import StageRun
 
 
@@ -35,6 +35,7 @@ class Runner:
         self._run = run
         self._instrumentations = tuple(instrumentations)
         self._meta_fields = run.meta_fields
+        self._last: tuple[torch.fx.GraphModule | None, list[tuple[object, ...]], GraphSnapshot] | None = None
 
     def execute(self, stages: Sequence[PlannedStage]) -> None:
         """Run ``stages`` in order, honouring skip, bisect and stop-after."""
@@ -91,12 +92,12 @@ class Runner:
             for instrumentation in self._instrumentations:
                 instrumentation.before_stage(step)
                 pending.append(instrumentation)
-            step.before = GraphSnapshot.take(ctx.graph_module, self._meta_fields)
+            step.before = self._snapshot_before(ctx.graph_module)
             started = time.perf_counter()
             declared = step.stage.run(ctx)
             step.seconds = time.perf_counter() - started
             step.declared_change = None if declared is None else bool(declared)
-            step.after = GraphSnapshot.take(ctx.graph_module, self._meta_fields)
+            step.after = self._snapshot_after(ctx.graph_module)
             self._verify(step)
             while pending:
                 pending[-1].after_stage(step)
@@ -120,6 +121,22 @@ class Runner:
         finally:
             ctx.current = None
         self._record(step, "ran")
+
+    def _snapshot_before(self, graph_module: torch.fx.GraphModule | None) -> GraphSnapshot:
+        """The previous stage's closing snapshot when nothing has touched the graph since, else a new one.
+
+        Only checks (proven not to touch the graph) and instrumentations run
+        between two stages; the identity signature confirms nothing moved.
+        """
+        last = self._last
+        if last is not None and last[0] is graph_module and identity_signature(graph_module) == last[1]:
+            return last[2]
+        return GraphSnapshot.take(graph_module, self._meta_fields)
+
+    def _snapshot_after(self, graph_module: torch.fx.GraphModule | None) -> GraphSnapshot:
+        snapshot = GraphSnapshot.take(graph_module, self._meta_fields)
+        self._last = (graph_module, identity_signature(graph_module), snapshot)
+        return snapshot
 
     def _verify(self, step: StageRun) -> None:
         assert step.before is not None and step.after is not None

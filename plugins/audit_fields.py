@@ -9,12 +9,13 @@ dtype and axis, read from the node's own arguments.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Hashable
 from typing import Any
 
 import torch
 import torch.fx
-from torch.fx.operator_schemas import normalize_function
 from torchao.quantization.pt2e.quantizer import (
     DerivedQuantizationSpec,
     FixedQParamsQuantizationSpec,
@@ -39,6 +40,15 @@ def spec_summary(spec: object) -> str | None:
     if isinstance(spec, DerivedQuantizationSpec):
         sources = ", ".join(describe(source) for source in spec.derived_from)
         return f"derived {spec.dtype} {spec.qscheme} from {sources}"
+    try:
+        return _value_spec_summary(spec)
+    except TypeError:
+        return _value_spec_summary.__wrapped__(spec)
+
+
+@functools.lru_cache(maxsize=1024)
+def _value_spec_summary(spec: object) -> str:
+    """Summaries of specs that name no node: quantizers reuse a few spec objects for every node."""
     if isinstance(spec, FixedQParamsQuantizationSpec):
         return (
             f"fixed {spec.dtype} scale={spec.scale} zero_point={spec.zero_point} "
@@ -87,7 +97,7 @@ def _value(owner: torch.nn.Module | None, argument: Any) -> Any:
     if isinstance(argument, torch.fx.Node):
         if argument.op == "get_attr" and owner is not None:
             try:
-                tensor = _fetch(owner, str(argument.target))
+                tensor = operator.attrgetter(str(argument.target))(owner)
             except AttributeError:
                 return f"%{argument.name}"
             return _tensor(tensor) if isinstance(tensor, torch.Tensor) else f"%{argument.name}"
@@ -97,13 +107,6 @@ def _value(owner: torch.nn.Module | None, argument: Any) -> Any:
     if isinstance(argument, (list, tuple)):
         return [_value(owner, item) for item in argument]
     return argument
-
-
-def _fetch(owner: torch.nn.Module, target: str) -> Any:
-    value: Any = owner
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _tensor(tensor: torch.Tensor) -> Any:
@@ -121,15 +124,25 @@ def _tensor(tensor: torch.Tensor) -> Any:
 
 def describe_qdq(node: torch.fx.Node) -> dict[str, Any]:
     """The qparams of a quantize, dequantize or choose-qparams node, by argument name."""
-    normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
-    if normalized is None:
+    target = node.target
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        target = target.default
+    schema = getattr(target, "_schema", None)
+    if schema is None:
         return {}
     owner = node.graph.owning_module
     details = {}
-    for name, argument in normalized.kwargs.items():
-        if name == "input":
+    for position, argument in enumerate(schema.arguments):
+        if position < len(node.args):
+            value = node.args[position]
+        elif argument.name in node.kwargs:
+            value = node.kwargs[argument.name]
+        elif argument.has_default_value():
+            value = argument.default_value
+        else:
             continue
-        details[name] = _value(owner, argument)
+        if argument.name != "input":
+            details[argument.name] = _value(owner, value)
     return details
 
 

@@ -31,7 +31,7 @@ from torchao.quantization.pt2e.utils import is_per_channel, to_underlying_dtype
 
 from pipeline import Context, Stage, StageError, Violation, condition
 from pipeline.naming import describe_node
-from plugins import observers, ops
+from plugins import histogram, observers, ops
 from plugins.prepare import OBSERVED_KEY, AttributeNamer, observer_nodes
 from plugins.subgraphs import quantizable_graph_modules
 
@@ -88,6 +88,7 @@ class _Converter:
         self.uncalibrated = uncalibrated
         self.scale_names = AttributeNamer(module, "_scale_")
         self.zero_point_names = AttributeNamer(module, "_zero_point_")
+        self.qparams: dict[int, tuple[Any, Any]] = {}
 
     def convert(self) -> int:
         modules = dict(self.module.named_modules(remove_duplicate=False))
@@ -144,7 +145,13 @@ class _Converter:
             self.graph.erase_node(node)
 
     def _static(self, node: torch.fx.Node, observer: torch.nn.Module, dtype: torch.dtype) -> None:
-        scale, zero_point = observer.calculate_qparams()  # type: ignore[operator]
+        if id(observer) not in self.qparams:
+            self.qparams[id(observer)] = (
+                histogram.calculate_qparams(observer)
+                if histogram.applies_to(observer)
+                else observer.calculate_qparams()  # type: ignore[operator]
+            )
+        scale, zero_point = self.qparams[id(observer)]
         quant_min, quant_max = observer.quant_min, observer.quant_max
         target_dtype = to_underlying_dtype(dtype)
         source = node.args[0]

@@ -3,8 +3,10 @@
 After convert a weight still goes ``get_attr(fp32) -> quantize -> dequantize
 -> op`` at run time. torchao's ``constant_fold(gm, _quant_node_constraint)``
 computes each quantize op whose inputs are all constant once, stores the
-result as a buffer ``_frozen_param<i>`` and reads it with a ``get_attr`` node
-named after the quantize node; the dequantize op stays, for the backend to fuse.
+result as a buffer ``_frozen_param<i>`` and reads it with a ``get_attr`` node;
+the dequantize op stays, for the backend to fuse. (torchao names that node
+after the quantize node it replaced; here it is named after its buffer, so an
+audit log never shows one name for two different nodes.)
 This stage folds exactly the quantize nodes torchao folds (see
 :class:`ConstantCones`), into the same buffers, and does three things better:
 
@@ -27,6 +29,7 @@ corresponds to leaving the stage out of the run (the façade skips it).
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -185,11 +188,11 @@ class ConstantCones:
 
     def _run(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
         if node.op == "get_attr":
-            return _fetch(self.module, str(node.target))
+            return operator.attrgetter(str(node.target))(self.module)
         if node.op == "call_function":
             return node.target(*args, **kwargs)  # type: ignore[operator]
         if node.op == "call_module":
-            return _fetch(self.module, str(node.target))(*args, **kwargs)
+            return operator.attrgetter(str(node.target))(self.module)(*args, **kwargs)
         receiver, *rest = args
         return getattr(receiver, str(node.target))(*rest, **kwargs)
 
@@ -261,13 +264,6 @@ def _producers(node: torch.fx.Node) -> list[torch.fx.Node] | None:
     return nodes
 
 
-def _fetch(module: torch.nn.Module, dotted: str) -> Any:
-    value: Any = module
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def fold_quantize_nodes(module: torch.fx.GraphModule, ctx: Context) -> bool:
     """Fold the constant quantize nodes of one graph module; whether anything changed."""
     graph = module.graph
@@ -300,9 +296,7 @@ def _replace_with_buffer(
         buffer = graph.create_node("get_attr", qualname)
     quantize.replace_all_uses_with(buffer)
     buffer.meta.update(quantize.meta)
-    name = quantize.name
     graph.erase_node(quantize)
-    buffer.name = name
     return buffer
 
 

@@ -24,10 +24,18 @@ def freeze(value: Any) -> Hashable:
 
     Containers are copied recursively (dicts become tuples of pairs), classes
     become their qualified names, tensors their shape and dtype; any other object
-    becomes its ``repr``.
+    becomes its ``repr``. A plain dict of hashable items (``nn_module_stack``)
+    takes the fast way: the tuple of its items.
     """
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
+    if type(value) is dict:
+        items = tuple(value.items())
+        try:
+            hash(items)
+        except TypeError:
+            return tuple((freeze(key), freeze(item)) for key, item in value.items())
+        return items
     if isinstance(value, dict):
         return tuple((freeze(key), freeze(item)) for key, item in value.items())
     if isinstance(value, (list, tuple)):

@@ -50,6 +50,8 @@ def snapshot(value: Any) -> Any:
     """A metadata snapshot (see :class:`~pipeline.audit.fields.MetaField`) as a JSON value."""
     if value is None or isinstance(value, (str, bool, int)):
         return value
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):

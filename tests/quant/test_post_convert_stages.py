@@ -431,13 +431,12 @@ def test_folded_weight_comes_from_its_quantize_node_and_weight() -> None:
     converted = zoo_converted("mlp", "xnnpack-per-channel")
     audit = converted.ours.audit
     assert audit is not None
-    origin = audit.origin("quantize_per_channel_default")
+    origin = audit.origin("_frozen_param0")
     assert origin.stage == "fold-quantize"
     assert origin.sources == ("quantize_per_channel_default", "fc1_weight")
-    node = next(
-        n for n in converted.ours.graph_module.graph.nodes if n.name == "quantize_per_channel_default"
-    )
+    node = next(n for n in converted.ours.graph_module.graph.nodes if n.name == "_frozen_param0")
     assert (node.op, node.target) == ("get_attr", "_frozen_param0")
+    assert audit.history("quantize_per_channel_default")[-1]["event"] == "node.erased"
 
 
 def test_constant_cones_evaluate_only_constants(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,13 +1,8 @@
-"""The ``pt2e-pipeline`` command line: show the plan, read audit logs.
-
-Errors are one clear message and a non-zero exit status; ``--debug`` shows the
-traceback as well.
-"""
+"""Commands that look without changing anything: the plan (``stages``) and audit logs (``audit``)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
@@ -15,14 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.audit.reader import AuditLog, format_events
+from pipeline.cli.errors import reported_errors
 from pipeline.engine import Pipeline
 from pipeline.errors import PipelineError
 
-EXIT_PIPELINE_ERROR = 1
-EXIT_USAGE = 2
 
-
-def _plugin_filters(spec: str | None, no_plugins: bool) -> dict[str, Any]:
+def plugin_filters(spec: str | None, no_plugins: bool) -> dict[str, Any]:
     """``--plugins a,b,-c`` allows a and b and denies c; ``--no-plugins`` keeps the built-ins only."""
     if no_plugins:
         return {"allow": ["pt2e-pipeline"]}
@@ -44,23 +37,15 @@ no_plugins_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
-@click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
-    """pt2e-pipeline: PyTorch PT2E quantization as a verified, audited pipeline of plugin stages."""
-    ctx.obj = {"debug": debug}
-
-
-@main.command()
+@click.command()
 @plugins_option
 @no_plugins_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
 def stages(ctx: click.Context, plugins_spec: str | None, no_plugins: bool, as_json: bool) -> None:
     """Show the resolved plan: each stage, its plugin, and why it sits where it does."""
-    with _errors(ctx):
-        pipeline = Pipeline.default(**_plugin_filters(plugins_spec, no_plugins))
+    with reported_errors(ctx):
+        pipeline = Pipeline.default(**plugin_filters(plugins_spec, no_plugins))
     rows = pipeline.plan.describe()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -93,7 +78,7 @@ def stages(ctx: click.Context, plugins_spec: str | None, no_plugins: bool, as_js
     Console().print(table)
 
 
-@main.command()
+@click.command()
 @click.argument("log", type=click.Path(dir_okay=False))
 @click.option("--node", help="Show this node's full history and where it came from.")
 @click.option("--stage", help="Only events of this stage.")
@@ -112,7 +97,7 @@ def audit(
     as_json: bool,
 ) -> None:
     """Read an audit log: a per-stage summary, or the history of one node."""
-    with _errors(ctx):
+    with reported_errors(ctx):
         audit_log = AuditLog.load(log)
         if node is not None:
             try:
@@ -170,18 +155,3 @@ def _matches(event: dict[str, Any], stage: str | None, action: str | None) -> bo
         wanted = action if "." in action else f"node.{action}"
         return bool(event["event"] == wanted)
     return True
-
-
-class _errors:
-    """Turns a PipelineError into one message on stderr and exit status 1 (traceback with --debug)."""
-
-    def __init__(self, ctx: click.Context) -> None:
-        self._debug = bool(ctx.obj and ctx.obj.get("debug"))
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        if isinstance(error, PipelineError) and not self._debug:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(EXIT_PIPELINE_ERROR)

@@ -1,0 +1,21 @@
+"""The ``pt2e-pipeline`` command group."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.inspect import audit, stages
+from pipeline.cli.quantize import quantize
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """pt2e-pipeline: PyTorch PT2E quantization as a verified, audited pipeline of plugin stages."""
+    ctx.obj = {"debug": debug}
+
+
+main.add_command(quantize)
+main.add_command(stages)
+main.add_command(audit)

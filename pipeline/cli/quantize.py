@@ -1,0 +1,195 @@
+"""``pt2e-pipeline quantize``: a model in, a quantized ``.pt2`` and its audit log out."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import click
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.cli.errors import reported_errors
+from pipeline.cli.inputs import InputError, calibration_batches, load_model, parse_options
+from pipeline.cli.inspect import no_plugins_option, plugin_filters, plugins_option
+from pipeline.engine import Pipeline
+from pipeline.options import CHECK_MODES
+from pipeline.report import COLUMNS, RunResult
+
+
+@click.command()
+@click.argument("source", required=False, metavar="[MODEL.pt2 | package.module:factory]")
+@click.option(
+    "--model",
+    "model_name",
+    default="demo-cnn",
+    show_default=True,
+    help="Built-in or plugin model to use when no SOURCE is given.",
+)
+@click.option(
+    "--quantizer",
+    "quantizer_name",
+    default="symmetric",
+    show_default=True,
+    help="Quantizer by name (see `pt2e-pipeline stages --quantizers`).",
+)
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Quantizer option, e.g. per_channel=false (repeatable).",
+)
+@click.option(
+    "--calibration",
+    default="random:8",
+    show_default=True,
+    metavar="random:N | FILE",
+    help="N random batches shaped like the example inputs, or a torch.save'd list of batches.",
+)
+@click.option(
+    "-o",
+    "--output",
+    default="quantized.pt2",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the quantized program.",
+)
+@click.option(
+    "--audit",
+    "audit_path",
+    type=click.Path(dir_okay=False),
+    help="Where to write the audit log (default: OUTPUT with .audit.jsonl).",
+)
+@click.option(
+    "--check",
+    type=click.Choice(CHECK_MODES),
+    default="strict",
+    show_default=True,
+    help="How to treat a broken condition.",
+)
+@click.option(
+    "--stop-after",
+    metavar="STAGE",
+    help="Stop after this stage (no program is written unless the run converted).",
+)
+@click.option("--skip", multiple=True, metavar="STAGE", help="Skip an optional stage (repeatable).")
+@click.option(
+    "--bisect", type=click.IntRange(min=0), metavar="N", help="Run only the first N optional stages."
+)
+@plugins_option
+@no_plugins_option
+@click.pass_context
+def quantize(
+    ctx: click.Context,
+    source: str | None,
+    model_name: str,
+    quantizer_name: str,
+    options: tuple[str, ...],
+    calibration: str,
+    output: str,
+    audit_path: str | None,
+    check: str,
+    stop_after: str | None,
+    skip: tuple[str, ...],
+    bisect: int | None,
+    plugins_spec: str | None,
+    no_plugins: bool,
+) -> None:
+    """Quantize a model: capture, annotate, prepare, calibrate, convert, and every plugin stage.
+
+    With no SOURCE, quantizes the built-in demo model.
+    """
+    console = Console()
+    audit_path = audit_path or os.path.splitext(output)[0] + ".audit.jsonl"
+    with reported_errors(ctx):
+        if os.path.exists(audit_path):
+            os.remove(audit_path)
+        pipeline = Pipeline.default(
+            **plugin_filters(plugins_spec, no_plugins),
+            check=check,
+            skip=skip,
+            stop_after=stop_after,
+            bisect=bisect,
+            audit=audit_path,
+        )
+        model, example, origin = load_model(source, model_name, pipeline.registry)
+        factory = pipeline.registry.factory("quantizer", quantizer_name)
+        try:
+            quantizer = factory.item(**parse_options(options))
+        except (TypeError, ValueError) as error:
+            raise InputError(f"quantizer {quantizer_name!r}: {error}") from error
+        batches = calibration_batches(calibration, example)
+        console.print(f"quantizing {origin} with {quantizer_name} ({factory.plugin})")
+        with _progress(console) as progress:
+            task = progress.add_task("calibrating", total=len(batches))
+            result = pipeline.run(
+                model,
+                example,
+                quantizer=quantizer,
+                calibration=batches,
+                progress=lambda done, total: progress.update(task, completed=done),
+            )
+        written = _save(result, example, output)
+    console.print(_report_table(result))
+    console.print(_op_summary(result))
+    if written:
+        console.print(f"quantized program: {output}")
+    console.print(f"audit log: {audit_path}  (read it with `pt2e-pipeline audit {audit_path}`)")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _save(result: RunResult, example: tuple[Any, ...], output: str) -> bool:
+    module = result.graph_module
+    if module is None or "convert" not in result.report.ran_names():
+        return False
+    try:
+        program = torch.export.export(module, example)
+    except Exception as error:
+        raise InputError(
+            f"the quantized graph could not be re-exported for saving: {type(error).__name__}: {error}"
+        ) from error
+    directory = os.path.dirname(output)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    torch.export.save(program, output)
+    return True
+
+
+def _report_table(result: RunResult) -> Table:
+    table = Table(title=f"run {result.report.run_id}")
+    for index, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if index < 3 else "right")
+    for stage in result.report.stages:
+        table.add_row(*stage.cells())
+    return table
+
+
+def _op_summary(result: RunResult) -> str:
+    """Operator counts by library: how many Q/DQ ops the run left, whatever library they come from."""
+    module = result.graph_module
+    if module is None:
+        return "no graph"
+    counts: Counter[str] = Counter()
+    for submodule in module.modules():
+        if isinstance(submodule, torch.fx.GraphModule):
+            for node in submodule.graph.nodes:
+                if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+                    counts[node.target.namespace] += 1
+    listed = ", ".join(f"{namespace} {count}" for namespace, count in counts.most_common())
+    return (
+        f"operators by library: {listed} (total {sum(counts.values())}); total {result.report.seconds:.2f} s"
+    )

@@ -1,0 +1,63 @@
+"""The command line's main job, driven through click's test runner."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from pipeline import AuditLog
+from pipeline.cli import main
+
+
+def invoke(*arguments: str):
+    return CliRunner().invoke(main, list(arguments), catch_exceptions=False, env={"COLUMNS": "200"})
+
+
+def test_quantize_with_no_input_quantizes_the_demo_model(tmp_path):
+    output = tmp_path / "demo.pt2"
+    result = invoke("quantize", "--output", str(output), "--calibration", "random:2")
+    assert result.exit_code == 0, result.output
+    for stage in ("capture", "fold-bn", "annotate", "prepare", "calibrate", "convert", "fold-quantize"):
+        assert stage in result.output
+    assert "quantized_decomposed" in result.output
+    assert f"audit log: {tmp_path / 'demo.audit.jsonl'}" in result.output
+    program = torch.export.load(output)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "quantized_decomposed.dequantize_per_tensor.default" in targets
+    log = AuditLog.load(tmp_path / "demo.audit.jsonl")
+    assert [row["stage"] for row in log.summary()][:2] == ["capture", "fold-bn"]
+
+
+def test_stages_prints_the_plan_with_reasons():
+    result = invoke("stages", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    names = [row["stage"] for row in rows]
+    assert names.index("capture") < names.index("annotate") < names.index("prepare") < names.index("convert")
+    assert rows[names.index("prepare")]["why"] == [
+        "after 'annotate': 'prepare' requires 'annotated', which 'annotate' ensures"
+    ]
+
+
+def test_audit_shows_a_nodes_history_and_lineage(tmp_path):
+    invoke("quantize", "--output", str(tmp_path / "m.pt2"), "--calibration", "random:1")
+    result = invoke("audit", str(tmp_path / "m.audit.jsonl"), "--node", "conv2d")
+    assert result.exit_code == 0
+    assert "graph.baseline" in result.output and "lineage:" in result.output
+
+
+def test_an_unknown_quantizer_is_one_clear_error():
+    result = CliRunner().invoke(main, ["quantize", "--quantizer", "nope"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(
+        "error: no quantizer named 'nope'; installed: symmetric, x86-inductor"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_quantizer_option_names_it():
+    result = CliRunner().invoke(main, ["quantize", "--option", "per_chanel=false"])
+    assert result.exit_code == 1
+    assert "symmetric has no option 'per_chanel'; its options: dynamic, per_channel, qat" in result.output
