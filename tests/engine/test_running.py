@@ -15,6 +15,7 @@ from pipeline import (
     AuditLog,
     CheckWarning,
     ConditionViolationError,
+    Instrumentation,
     OptionsError,
     Pipeline,
     Stage,
@@ -499,3 +500,69 @@ def test_the_private_copy_shares_tensors_and_owns_its_graph():
     )
     assert torch.equal(duplicate(*inputs), graph_module(*inputs))
     assert copy.deepcopy(duplicate)(*inputs).shape == (2, 8)
+
+
+class Recorder(Instrumentation):
+    """Records its callbacks into a shared list, under its own label."""
+
+    def __init__(self, label, calls, fail_in=None):
+        self.label, self.calls, self.fail_in = label, calls, fail_in
+
+    def run_started(self, run):
+        self.calls.append((self.label, "run_started"))
+
+    def before_stage(self, step):
+        self.calls.append((self.label, "before", step.stage.name))
+        if self.fail_in == ("before", step.stage.name):
+            raise RuntimeError("instrumentation refuses")
+
+    def after_stage(self, step):
+        self.calls.append((self.label, "after", step.stage.name))
+
+    def stage_failed(self, step, error):
+        self.calls.append((self.label, "failed", step.stage.name, type(error).__name__))
+
+    def stage_skipped(self, step, reason):
+        self.calls.append((self.label, "skipped", step.stage.name))
+
+    def run_finished(self, run, error):
+        self.calls.append((self.label, "run_finished", error is None))
+
+
+def test_instrumentations_nest_like_a_stack():
+    calls = []
+    model, inputs = small_net()
+    toy(skip=["toy-clamp"], instrumentations=[Recorder("a", calls), Recorder("b", calls)]).run(model, inputs)
+    assert calls == [
+        ("a", "run_started"),
+        ("b", "run_started"),
+        ("a", "before", "toy-capture"),
+        ("b", "before", "toy-capture"),
+        ("b", "after", "toy-capture"),
+        ("a", "after", "toy-capture"),
+        ("a", "before", "toy-tag"),
+        ("b", "before", "toy-tag"),
+        ("b", "after", "toy-tag"),
+        ("a", "after", "toy-tag"),
+        ("a", "skipped", "toy-clamp"),
+        ("b", "skipped", "toy-clamp"),
+        ("b", "run_finished", True),
+        ("a", "run_finished", True),
+    ]
+
+
+def test_a_failure_reaches_only_the_instrumentations_that_were_entered():
+    calls = []
+    model, inputs = small_net()
+    pipeline = toy(instrumentations=[Recorder("a", calls), Recorder("b", calls, fail_in=("before", "toy-tag")), Recorder("c", calls)])
+    with pytest.raises(StageFailedError, match="stage 'toy-tag' .* raised RuntimeError: instrumentation refuses"):
+        pipeline.run(model, inputs)
+    tail = calls[calls.index(("a", "before", "toy-tag")) :]
+    assert tail == [
+        ("a", "before", "toy-tag"),
+        ("b", "before", "toy-tag"),
+        ("a", "failed", "toy-tag", "StageFailedError"),
+        ("c", "run_finished", False),
+        ("b", "run_finished", False),
+        ("a", "run_finished", False),
+    ]
