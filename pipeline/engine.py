@@ -10,6 +10,7 @@ import attrs
 import torch
 import torch.fx
 
+from pipeline import collector
 from pipeline.audit.fields import ENGINE_META_FIELDS, MetaField
 from pipeline.audit.reader import AuditLog
 from pipeline.audit.recorder import AuditRecorder
@@ -134,6 +135,34 @@ class Pipeline:
         (a quantizer, calibration data, ...) is passed by keyword and reaches
         them as ``ctx.inputs``.
         """
+        with collector.spared():
+            return self._run(
+                model,
+                example_inputs,
+                phases=phases,
+                check=check,
+                skip=skip,
+                stop_after=stop_after,
+                bisect=bisect,
+                audit=audit,
+                instrumentations=instrumentations,
+                inputs=inputs,
+            )
+
+    def _run(
+        self,
+        model: torch.nn.Module,
+        example_inputs: Any,
+        *,
+        phases: Sequence[str] | None,
+        check: CheckMode | None,
+        skip: Iterable[str] | None,
+        stop_after: str | None,
+        bisect: int | None,
+        audit: Any,
+        instrumentations: Sequence[Instrumentation],
+        inputs: dict[str, Any],
+    ) -> RunResult:
         selected = tuple(self.plan.phases if phases is None else phases)
         unknown = [phase for phase in selected if phase not in self.plan.phases]
         if unknown:
@@ -233,7 +262,8 @@ def _with_options(
             try:
                 provided = Provided(attrs.evolve(provided.item, **changes), provided.plugin)
             except (TypeError, ValueError) as error:
-                raise OptionsError(f"stage {provided.item.name!r}: {error}") from error
+                reason = error.args[0] if error.args else error
+                raise OptionsError(f"stage {provided.item.name!r}: {reason}") from error
         configured.append(provided)
     return configured
 

@@ -40,7 +40,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
 
 from pipeline import Context, Stage, StageError, Violation, condition
-from plugins import ops
+from plugins import chunked, ops
 from plugins.subgraphs import quantizable_graph_modules
 
 _aten = torch.ops.aten
@@ -190,7 +190,7 @@ class ConstantCones:
         if node.op == "get_attr":
             return operator.attrgetter(str(node.target))(self.module)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)  # type: ignore[operator]
+            return chunked.quantize(node.target, args, kwargs)
         if node.op == "call_module":
             return operator.attrgetter(str(node.target))(self.module)(*args, **kwargs)
         receiver, *rest = args

@@ -69,3 +69,44 @@ def _short(value: Any) -> str:
 def fallback(value: Any) -> Any:
     """``default=`` for :func:`json.dumps`: whatever a stage put in an event's details."""
     return snapshot(value) if isinstance(value, (list, tuple, dict)) else _short(value)
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data: what a JSON round trip would give, without the text.
+
+    Tuples become lists, keys strings (as JSON writes them), non-finite floats
+    their repr, anything else its short string. Every sink sees events in this
+    form, so an in-memory trail holds exactly what a file trail would.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
+    if kind is dict:
+        return {key if type(key) is str else _key(key): plain(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [plain(item) for item in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return plain(float(value))
+    if isinstance(value, dict):
+        return {_key(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return _short(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return str(key)
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, float):
+        return repr(key)
+    return str(key)

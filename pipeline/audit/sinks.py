@@ -7,7 +7,6 @@ logging's global configuration: the chain is built per run, explicitly.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import MutableSequence
@@ -24,7 +23,7 @@ def _as_dict(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> 
 
 
 def json_renderer() -> Processor:
-    """Renders an event as one line of JSON."""
+    """Renders an event (already plain JSON data, see the trail's chain) as one line of JSON."""
     return JSONRenderer(default=fallback, allow_nan=False)
 
 
@@ -90,7 +89,11 @@ class JsonLinesSink(AuditSink):
 
 
 class MemorySink(AuditSink):
-    """Keeps events as dicts in a list (``events``), for tests and for callers that post-process."""
+    """Keeps events as dicts in a list (``events``), for tests and for callers that post-process.
+
+    The events are plain JSON data, equal to what a JSON-lines file of the same
+    run would read back as.
+    """
 
     def __init__(self, events: MutableSequence[dict[str, Any]] | None = None) -> None:
         self.events: MutableSequence[dict[str, Any]] = [] if events is None else events
@@ -103,7 +106,7 @@ class MemorySink(AuditSink):
         return "memory"
 
     def info(self, **event: Any) -> None:
-        self.events.append(json.loads(json.dumps(event, default=fallback, allow_nan=False)))
+        self.events.append(event)
 
 
 class LoggerSink(AuditSink):

@@ -10,6 +10,7 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from pipeline.audit.events import SCHEMA_VERSION, VOCABULARY
+from pipeline.audit.serialize import plain
 from pipeline.audit.sinks import AuditSink, DisabledSink
 
 _LEADING = ("schema", "run", "seq", "event", "time")
@@ -37,6 +38,12 @@ def _leading_keys_first(logger: WrappedLogger, method_name: str, event_dict: Eve
     return ordered
 
 
+def _plain_json(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Every sink receives plain JSON data: files and memory hold the same thing."""
+    plain_event: EventDict = plain(event_dict)
+    return plain_event
+
+
 class AuditTrail:
     """Emits the events of one run, numbered, stamped and tagged with the run id."""
 
@@ -46,7 +53,7 @@ class AuditTrail:
         self.enabled = not isinstance(sink, DisabledSink)
         self._log = structlog.wrap_logger(
             sink,
-            processors=[_Sequence(), _timestamp, _leading_keys_first, sink.renderer()],
+            processors=[_Sequence(), _timestamp, _leading_keys_first, _plain_json, sink.renderer()],
             wrapper_class=structlog.BoundLogger,
             context_class=dict,
             cache_logger_on_first_use=False,

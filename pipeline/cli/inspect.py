@@ -40,12 +40,21 @@ no_plugins_option = click.option(
 @click.command()
 @plugins_option
 @no_plugins_option
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option(
+    "--quantizers", "listing", flag_value="quantizer", help="List the quantizers plugins offer instead."
+)
+@click.option("--models", "listing", flag_value="model", help="List the models plugins offer instead.")
 @click.pass_context
-def stages(ctx: click.Context, plugins_spec: str | None, no_plugins: bool, as_json: bool) -> None:
+def stages(
+    ctx: click.Context, plugins_spec: str | None, no_plugins: bool, as_json: bool, listing: str | None
+) -> None:
     """Show the resolved plan: each stage, its plugin, and why it sits where it does."""
     with reported_errors(ctx):
         pipeline = Pipeline.default(**plugin_filters(plugins_spec, no_plugins))
+    if listing is not None:
+        _print_factories(pipeline, listing, as_json)
+        return
     rows = pipeline.plan.describe()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -155,3 +164,26 @@ def _matches(event: dict[str, Any], stage: str | None, action: str | None) -> bo
         wanted = action if "." in action else f"node.{action}"
         return bool(event["event"] == wanted)
     return True
+
+
+def _print_factories(pipeline: Pipeline, kind: str, as_json: bool) -> None:
+    offered = pipeline.registry.quantizers if kind == "quantizer" else pipeline.registry.models
+    rows = [
+        {
+            "name": provided.item.name,
+            "plugin": str(provided.plugin),
+            "description": provided.item.description,
+            "options": dict(provided.item.options),
+        }
+        for provided in sorted(offered, key=lambda provided: provided.item.name)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{kind}s offered by the installed plugins", show_lines=True)
+    for column in ("name", "plugin", "description", "options (--option name=value)"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        options = "\n".join(f"{name}: {meaning}" for name, meaning in row["options"].items()) or "-"
+        table.add_row(row["name"], row["plugin"], row["description"], options)
+    Console().print(table)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from pipeline.cli.inspect import audit, stages
 from pipeline.cli.quantize import quantize
 
+NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+"""Loggers that warn at import about optional CUDA kernels and deprecations, harmless on CPU."""
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error, and import-time warnings.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """pt2e-pipeline: PyTorch PT2E quantization as a verified, audited pipeline of plugin stages."""
     ctx.obj = {"debug": debug}
+    if not debug:
+        for name in NOISY_IMPORT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 main.add_command(quantize)

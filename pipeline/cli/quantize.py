@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from typing import Any
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.audit.sinks import JsonLinesSink
 from pipeline.cli.errors import reported_errors
 from pipeline.cli.inputs import InputError, calibration_batches, load_model, parse_options
 from pipeline.cli.inspect import no_plugins_option, plugin_filters, plugins_option
@@ -34,7 +36,7 @@ from pipeline.report import COLUMNS, RunResult
     "quantizer_name",
     default="symmetric",
     show_default=True,
-    help="Quantizer by name (see `pt2e-pipeline stages --quantizers`).",
+    help="Quantizer by name (list them with `pt2e-pipeline stages --quantizers`).",
 )
 @click.option(
     "--option",
@@ -105,16 +107,15 @@ def quantize(
     """
     console = Console()
     audit_path = audit_path or os.path.splitext(output)[0] + ".audit.jsonl"
-    with reported_errors(ctx):
-        if os.path.exists(audit_path):
-            os.remove(audit_path)
+    sink = JsonLinesSink(audit_path, mode="w")
+    with reported_errors(ctx), contextlib.closing(sink):
         pipeline = Pipeline.default(
             **plugin_filters(plugins_spec, no_plugins),
             check=check,
             skip=skip,
             stop_after=stop_after,
             bisect=bisect,
-            audit=audit_path,
+            audit=sink,
         )
         model, example, origin = load_model(source, model_name, pipeline.registry)
         factory = pipeline.registry.factory("quantizer", quantizer_name)

@@ -61,3 +61,12 @@ def test_a_bad_quantizer_option_names_it():
     result = CliRunner().invoke(main, ["quantize", "--option", "per_chanel=false"])
     assert result.exit_code == 1
     assert "symmetric has no option 'per_chanel'; its options: dynamic, per_channel, qat" in result.output
+
+
+def test_stages_lists_the_offered_quantizers_and_models():
+    quantizers = json.loads(invoke("stages", "--quantizers", "--json").output)
+    assert {row["name"] for row in quantizers} >= {"symmetric", "x86-inductor"}
+    symmetric = next(row for row in quantizers if row["name"] == "symmetric")
+    assert set(symmetric["options"]) == {"per_channel", "dynamic", "qat"}
+    models = json.loads(invoke("stages", "--models", "--json").output)
+    assert [row["name"] for row in models] == ["demo-cnn"]

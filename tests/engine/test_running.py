@@ -554,8 +554,16 @@ def test_instrumentations_nest_like_a_stack():
 def test_a_failure_reaches_only_the_instrumentations_that_were_entered():
     calls = []
     model, inputs = small_net()
-    pipeline = toy(instrumentations=[Recorder("a", calls), Recorder("b", calls, fail_in=("before", "toy-tag")), Recorder("c", calls)])
-    with pytest.raises(StageFailedError, match="stage 'toy-tag' .* raised RuntimeError: instrumentation refuses"):
+    pipeline = toy(
+        instrumentations=[
+            Recorder("a", calls),
+            Recorder("b", calls, fail_in=("before", "toy-tag")),
+            Recorder("c", calls),
+        ]
+    )
+    with pytest.raises(
+        StageFailedError, match="stage 'toy-tag' .* raised RuntimeError: instrumentation refuses"
+    ):
         pipeline.run(model, inputs)
     tail = calls[calls.index(("a", "before", "toy-tag")) :]
     assert tail == [

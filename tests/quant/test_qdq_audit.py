@@ -33,7 +33,11 @@ def creation(log, name: str, graph: str):
 
 @pytest.mark.parametrize(
     ("case_name", "config"),
-    [("residual_cnn", "xnnpack-per-channel"), ("transformer_block", "x86-static"), ("hop_while_loop", "xnnpack-per-tensor")],
+    [
+        ("residual_cnn", "xnnpack-per-channel"),
+        ("transformer_block", "x86-static"),
+        ("hop_while_loop", "xnnpack-per-tensor"),
+    ],
 )
 def test_every_qdq_node_has_its_qparams_observer_and_edges_on_record(case_name, config):
     result = run(case_name, config)
@@ -67,4 +71,8 @@ def test_qparams_on_record_are_those_in_the_graph():
         if node.target == ops.QUANTIZE_PER_TENSOR:
             details = creation(result.audit, node.name, "")["details"]
             assert (details["scale"], details["zero_point"]) == (node.args[1], node.args[2])
-            assert (details["quant_min"], details["quant_max"], details["dtype"]) == (node.args[3], node.args[4], str(node.args[5]))
+            assert (details["quant_min"], details["quant_max"], details["dtype"]) == (
+                node.args[3],
+                node.args[4],
+                str(node.args[5]),
+            )

@@ -1,0 +1,36 @@
+"""Quantizing a large constant by slabs gives the same int8 values as quantizing it whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from plugins import chunked, ops
+
+
+@pytest.fixture
+def weight():
+    return torch.randn(3000, 40, 3, generator=torch.Generator().manual_seed(0))
+
+
+def test_per_tensor(weight):
+    arguments = (weight, 0.013, -3, -128, 127, torch.int8)
+    assert weight.numel() * 4 > chunked.SLAB_BYTES // 8
+    assert torch.equal(
+        chunked.quantize(ops.QUANTIZE_PER_TENSOR, arguments, {}), ops.QUANTIZE_PER_TENSOR(*arguments)
+    )
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_per_channel_on_any_axis(weight, axis, monkeypatch):
+    monkeypatch.setattr(chunked, "SLAB_BYTES", 64 * 1024)
+    scales = weight.abs().amax(dim=[d for d in range(3) if d != axis]) / 127
+    zero_points = torch.zeros_like(scales, dtype=torch.int64)
+    arguments = (weight, scales, zero_points, axis, -127, 127, torch.int8)
+    assert torch.equal(
+        chunked.quantize(ops.QUANTIZE_PER_CHANNEL, arguments, {}), ops.QUANTIZE_PER_CHANNEL(*arguments)
+    )
+
+
+def test_small_tensors_and_other_ops_run_unchanged(weight):
+    assert torch.equal(chunked.quantize(torch.ops.aten.neg.default, (weight,), {}), -weight)
