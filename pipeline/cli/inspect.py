@@ -168,7 +168,7 @@ def _matches(event: dict[str, Any], stage: str | None, action: str | None) -> bo
 
 def _print_factories(pipeline: Pipeline, kind: str, as_json: bool) -> None:
     offered = pipeline.registry.quantizers if kind == "quantizer" else pipeline.registry.models
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": provided.item.name,
             "plugin": str(provided.plugin),
