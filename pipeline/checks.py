@@ -11,7 +11,7 @@ in its own right.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch.fx
@@ -49,10 +49,8 @@ class Checker(Instrumentation):
     def before_stage(self, step: StageRun) -> None:
         if self._mode == "off":
             return
-        for name in step.stage.requires:
-            if name in self._holding:
-                continue
-            violations = self._check(name, step.ctx.graph_module, step)
+        pending = [name for name in step.stage.requires if name not in self._holding]
+        for name, violations in self._check_all(pending, step):
             if violations:
                 self._report(step, name, "requires", violations)
             else:
@@ -72,16 +70,34 @@ class Checker(Instrumentation):
             )
             if found:
                 self._report(step, "no-dangling-nodes", "invariant", found)
-        for name in step.stage.ensures:
-            violations = self._check(name, graph_module, step)
+        for name, violations in self._check_all(step.stage.ensures, step):
             if violations:
                 self._report(step, name, "ensures", violations)
             else:
                 self._holding.add(name)
 
+    def _check_all(self, names: Sequence[str], step: StageRun) -> Iterator[tuple[str, list[Violation]]]:
+        """Check each condition in turn; the signature after one check is the one before the next."""
+        if not names:
+            return
+        graph_module = step.ctx.graph_module
+        signature = identity_signature(graph_module)
+        for name in names:
+            violations = self._check(name, graph_module, step)
+            after = identity_signature(graph_module)
+            if after != signature:
+                provided = self._conditions[name]
+                raise StageFailedError(
+                    f"condition {name!r} (plugin {provided.plugin}) changed the graph while checking it "
+                    f"around stage {step.stage.name!r}; a condition's check must only read",
+                    stage=step.stage.name,
+                    plugin=step.plugin.name,
+                )
+            signature = after
+            yield name, violations
+
     def _check(self, name: str, graph_module: torch.fx.GraphModule | None, step: StageRun) -> list[Violation]:
         provided = self._conditions[name]
-        before = identity_signature(graph_module)
         try:
             found = provided.item.check(graph_module)
             violations = list(found or ())
@@ -92,13 +108,6 @@ class Checker(Instrumentation):
                 stage=step.stage.name,
                 plugin=step.plugin.name,
             ) from error
-        if identity_signature(graph_module) != before:
-            raise StageFailedError(
-                f"condition {name!r} (plugin {provided.plugin}) changed the graph while checking it "
-                f"around stage {step.stage.name!r}; a condition's check must only read",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
-            )
         for violation in violations:
             if not isinstance(violation, Violation):
                 raise StageFailedError(

@@ -6,35 +6,51 @@ are its own while every tensor stays shared, so a model's memory is never
 doubled. A stage that changes a weight therefore builds a new tensor (the
 engine detects in-place writes to the caller's tensors through their version
 counters, see :mod:`pipeline.protection`).
+
+The copy is built module by module rather than with ``copy.deepcopy``: every
+module gets a new object with its own attribute, parameter, buffer and
+submodule tables (so a stage may set or delete attributes freely), every
+graph a node-by-node copy, while the values in those tables, tensors above all,
+stay shared. A graph module's generated code is a pure function of its graph,
+so the copy reuses the original's compiled ``forward`` rather than generating
+and compiling the same code again; each copy still gets its own class, so
+recompiling the copy never touches the original.
 """
 
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import torch
 import torch.fx
+from torch.fx.graph_module import _WrappedCall
 
 from pipeline.relink import relink
 
-_SHARED_ATTRIBUTES = ("shape_env", "range_constraints", "_in_spec", "_out_spec")
-
 GM = TypeVar("GM", bound=torch.fx.GraphModule)
 
-
-def shared_objects(graph_module: torch.nn.Module) -> dict[int, Any]:
-    """The objects a private copy shares with ``graph_module``, keyed by ``id`` as deepcopy's memo."""
-    memo: dict[int, Any] = {}
-    for module in graph_module.modules():
-        for value in (*module._parameters.values(), *module._buffers.values()):
-            if value is not None:
-                memo[id(value)] = value
-        for name, value in vars(module).items():
-            if isinstance(value, torch.Tensor) or name in _SHARED_ATTRIBUTES:
-                memo[id(value)] = value
-    return memo
+_OWN_TABLES = ("_parameters", "_buffers", "_modules")
+_OWN_COLLECTIONS = (
+    "_non_persistent_buffers_set",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+    "_replace_hooks",
+    "_create_node_hooks",
+    "_erase_node_hooks",
+    "_deepcopy_hooks",
+)
 
 
 def private_copy(graph_module: GM, node_keys: Iterable[str] = ()) -> GM:
@@ -43,17 +59,60 @@ def private_copy(graph_module: GM, node_keys: Iterable[str] = ()) -> GM:
     Modules, graphs, nodes, ``node.meta`` dicts and the dicts and lists inside
     them are new, and every node's users keep their order (passes that walk
     users, such as implicit sharing, see what they would see in the original);
-    tensors, code generators, input/output specs, the shape environment and
-    the range constraints are the original objects. Metadata
-    under ``node_keys`` refers to nodes and is re-pointed at the copy's nodes
-    (see :mod:`pipeline.relink`).
+    tensors and every other attribute value are the original objects (methods
+    bound to an original module, such as export's ``train``/``eval`` guards,
+    are bound to its copy).
+    Metadata under ``node_keys`` refers to nodes and is re-pointed at the
+    copy's nodes (see :mod:`pipeline.relink`).
     """
-    memo = shared_objects(graph_module)
-    keys = tuple(node_keys)
-    for module in graph_module.modules():
-        if isinstance(module, torch.fx.GraphModule):
-            memo[id(module.graph)] = _copy_graph(module.graph, keys)
-    return copy.deepcopy(graph_module, memo)
+    copies: dict[int, torch.nn.Module] = {}
+    duplicate = _copy_module(graph_module, copies, tuple(node_keys))
+    return duplicate  # type: ignore[return-value]
+
+
+def _copy_module(
+    module: torch.nn.Module, copies: dict[int, torch.nn.Module], node_keys: tuple[str, ...]
+) -> torch.nn.Module:
+    if id(module) in copies:
+        return copies[id(module)]
+    if isinstance(module, torch.fx.GraphModule):
+        duplicate: torch.nn.Module = torch.fx.GraphModule.__new__(type(module))
+    else:
+        duplicate = type(module).__new__(type(module))
+    copies[id(module)] = duplicate
+    state = dict(module.__dict__)
+    for name in _OWN_TABLES:
+        state[name] = dict(state[name])
+    for name in _OWN_COLLECTIONS:
+        if name in state:
+            state[name] = copy.copy(state[name])
+    state["_modules"] = {
+        name: None if child is None else _copy_module(child, copies, node_keys)
+        for name, child in state["_modules"].items()
+    }
+    for name, value in state.items():
+        if isinstance(value, types.MethodType) and value.__self__ is module:
+            state[name] = types.MethodType(value.__func__, duplicate)
+    duplicate.__dict__.update(state)
+    if isinstance(module, torch.fx.GraphModule) and isinstance(duplicate, torch.fx.GraphModule):
+        graph = _copy_graph(module.graph, node_keys)
+        duplicate.__dict__["_graph"] = graph
+        duplicate.__dict__["meta"] = copy.deepcopy(module.meta)
+        graph.owning_module = duplicate
+        _share_compiled_code(module, duplicate)
+    return duplicate
+
+
+def _share_compiled_code(original: torch.fx.GraphModule, duplicate: torch.fx.GraphModule) -> None:
+    """Give the copy's own class the original's generated ``forward`` (same graph, same code)."""
+    source, target = type(original), type(duplicate)
+    if "forward" not in vars(source):
+        duplicate.recompile()
+        return
+    target.forward = source.forward
+    if "__call__" in vars(source):
+        target.__call__ = source.__call__  # type: ignore[method-assign]
+    target._wrapped_call = _WrappedCall(target, None)  # type: ignore[attr-defined]
 
 
 def _copy_graph(graph: torch.fx.Graph, node_keys: tuple[str, ...]) -> torch.fx.Graph:

@@ -215,7 +215,7 @@ class Pipeline:
                     [provided.item for provided in self.registry.describers],
                 )
             )
-        chain.append(CallerGuard(model, self.meta_fields))
+        chain.append(CallerGuard(model))
         chain.append(Checker(options.check, self.plan.conditions))
         chain.extend(provided.item for provided in self.registry.instrumentations)
         chain.extend(self.instrumentations)

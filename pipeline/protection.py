@@ -5,7 +5,8 @@ copying them, so a stage that writes into a weight in place would change the
 caller's model. Every tensor has a version counter that in-place writes bump;
 the guard reads them after every stage and fails the stage that bumped one.
 At the end of the run it also compares the caller's graph with its state at
-the start, which catches metadata objects mutated through the shallow copy.
+the start (its nodes, their wiring and the metadata values they hold), which
+catches a stage that reached into the caller's model directly.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.fx
 
-from pipeline.audit.fields import MetaField
 from pipeline.errors import PipelineError, StageFailedError
 from pipeline.instrumentation import Instrumentation
-from pipeline.snapshot import GraphSnapshot
+from pipeline.snapshot import identity_signature
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from pipeline.run_state import RunState
     from pipeline.stage_run import StageRun
 
@@ -51,11 +49,10 @@ def _version(tensor: torch.Tensor) -> int | None:
 class CallerGuard(Instrumentation):
     """Fails the stage that wrote into a caller's tensor, and the run that changed the caller's graph."""
 
-    def __init__(self, model: object, meta_fields: Sequence[MetaField]) -> None:
-        self._meta_fields = meta_fields
+    def __init__(self, model: object) -> None:
         self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._graph: torch.fx.GraphModule | None = None
-        self._snapshot: GraphSnapshot | None = None
+        self._signature: list[tuple[object, ...]] = []
         if isinstance(model, torch.nn.Module):
             for name, tensor in _owned_tensors(model).items():
                 version = _version(tensor)
@@ -63,7 +60,7 @@ class CallerGuard(Instrumentation):
                     self._versions[name] = (tensor, version)
         if isinstance(model, torch.fx.GraphModule):
             self._graph = model
-            self._snapshot = GraphSnapshot.take(model, meta_fields)
+            self._signature = identity_signature(model)
 
     def after_stage(self, step: StageRun) -> None:
         written = sorted(
@@ -83,12 +80,11 @@ class CallerGuard(Instrumentation):
             )
 
     def run_finished(self, run: RunState, error: BaseException | None) -> None:
-        if self._graph is None or self._snapshot is None:
+        if self._graph is None:
             return
-        now = GraphSnapshot.take(self._graph, self._meta_fields)
-        if not self._snapshot.same_as(now):
+        if identity_signature(self._graph) != self._signature:
             raise PipelineError(
                 "the run changed the caller's graph module (stages that ran: "
-                f"{', '.join(run.report.ran_names()) or 'none'}): a stage mutated a shared metadata "
-                "object in place; stages must replace node.meta values rather than mutate them"
+                f"{', '.join(run.report.ran_names()) or 'none'}): a stage rewrote the caller's "
+                "nodes or their metadata instead of working on ctx.graph_module"
             )

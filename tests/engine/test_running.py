@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 import inspect
 import warnings
 
@@ -18,6 +19,7 @@ from pipeline import (
     Instrumentation,
     OptionsError,
     Pipeline,
+    PipelineError,
     Stage,
     StageError,
     StageFailedError,
@@ -290,7 +292,7 @@ def test_a_stage_that_makes_a_new_tensor_leaves_the_caller_alone():
     assert result.graph_module.second.weight is graph_module.second.weight
 
 
-def test_mutating_shared_metadata_in_place_is_caught_at_the_end_of_the_run():
+def test_metadata_containers_are_private_one_level_down():
     model, inputs = small_net()
     graph_module = exported(model, inputs)
     for node in graph_module.graph.nodes:
@@ -574,3 +576,45 @@ def test_a_failure_reaches_only_the_instrumentations_that_were_entered():
         ("b", "run_finished", False),
         ("a", "run_finished", False),
     ]
+
+
+def test_the_private_copy_has_its_own_class_attributes_and_bound_methods():
+    from pipeline.copying import private_copy
+
+    model, inputs = small_net()
+    graph_module = exported(model, inputs)
+    expected = graph_module(*inputs)
+    duplicate = private_copy(graph_module)
+    assert type(duplicate) is not type(graph_module)
+    assert type(duplicate).__bases__ == type(graph_module).__bases__
+    relu = next(n for n in duplicate.graph.nodes if n.target == torch.ops.aten.relu.default)
+    relu.target = torch.ops.aten.sigmoid.default
+    duplicate.recompile()
+    assert "sigmoid" in duplicate.code and "sigmoid" not in graph_module.code
+    assert torch.equal(graph_module(*inputs), expected)
+    assert not torch.equal(duplicate(*inputs), expected)
+    del duplicate.first.weight
+    duplicate.extra = torch.nn.Linear(1, 1)
+    assert hasattr(graph_module.first, "weight") and not hasattr(graph_module, "extra")
+    for name in ("train", "eval"):
+        if isinstance(vars(graph_module).get(name), types.MethodType):
+            assert getattr(duplicate, name).__self__ is duplicate
+
+
+def test_a_stage_that_rewrites_the_callers_own_graph_is_caught_at_the_end_of_the_run():
+    model, inputs = small_net()
+    graph_module = exported(model, inputs)
+
+    @attrs.frozen
+    class Trespasses(Stage):
+        """Retags the caller's nodes instead of its own."""
+
+        name: str = "trespass"
+
+        def run(self, ctx):
+            for node in ctx.inputs["model"].graph.nodes:
+                node.meta["quantization_tag"] = "theirs"
+            return False
+
+    with pytest.raises(PipelineError, match=r"the run changed the caller's graph module \(stages that ran: trespass\)"):
+        Pipeline(plugins=[ToyPlugin(stages=(Trespasses(),))]).run(graph_module)
