@@ -50,7 +50,7 @@ class Checker(Instrumentation):
         if self._mode == "off":
             return
         pending = [name for name in step.stage.requires if name not in self._holding]
-        for name, violations in self._check_all(pending, step):
+        for name, violations in self._check_all(pending, step, before=True):
             if violations:
                 self._report(step, name, "requires", violations)
             else:
@@ -70,18 +70,27 @@ class Checker(Instrumentation):
             )
             if found:
                 self._report(step, "no-dangling-nodes", "invariant", found)
-        for name, violations in self._check_all(step.stage.ensures, step):
+        for name, violations in self._check_all(step.stage.ensures, step, before=False):
             if violations:
                 self._report(step, name, "ensures", violations)
             else:
                 self._holding.add(name)
 
-    def _check_all(self, names: Sequence[str], step: StageRun) -> Iterator[tuple[str, list[Violation]]]:
-        """Check each condition in turn; the signature after one check is the one before the next."""
+    def _check_all(
+        self, names: Sequence[str], step: StageRun, *, before: bool
+    ) -> Iterator[tuple[str, list[Violation]]]:
+        """Check each condition in turn; the signature after one check is the one before the next.
+
+        The checker is the innermost instrumentation: after a stage it runs first,
+        so the runner's signature of the stage's result is its starting point;
+        before a stage it runs last, so its final signature is the runner's
+        starting point.
+        """
         if not names:
             return
         graph_module = step.ctx.graph_module
-        signature = identity_signature(graph_module)
+        known = None if before else step.after_signature
+        signature = identity_signature(graph_module) if known is None else known
         for name in names:
             violations = self._check(name, graph_module, step)
             after = identity_signature(graph_module)
@@ -94,6 +103,8 @@ class Checker(Instrumentation):
                     plugin=step.plugin.name,
                 )
             signature = after
+            if before:
+                step.before_signature = signature
             yield name, violations
 
     def _check(self, name: str, graph_module: torch.fx.GraphModule | None, step: StageRun) -> list[Violation]:

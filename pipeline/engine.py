@@ -10,7 +10,7 @@ import attrs
 import torch
 import torch.fx
 
-from pipeline import collector
+from pipeline import collector, compilation
 from pipeline.audit.fields import ENGINE_META_FIELDS, MetaField
 from pipeline.audit.reader import AuditLog
 from pipeline.audit.recorder import AuditRecorder
@@ -216,10 +216,10 @@ class Pipeline:
                 )
             )
         chain.append(CallerGuard(model))
-        chain.append(Checker(options.check, self.plan.conditions))
         chain.extend(provided.item for provided in self.registry.instrumentations)
         chain.extend(self.instrumentations)
         chain.extend(instrumentations)
+        chain.append(Checker(options.check, self.plan.conditions))
         try:
             Runner(run, chain).execute(self.plan.in_phases(selected))
         finally:
@@ -229,6 +229,7 @@ class Pipeline:
                 sink.close()
         result_module = ctx.graph_module
         if result_module is not None:
+            compilation.compile_stale(result_module)
             result_module.meta[RUNS_META_KEY] = [*parents, run_id]
         return RunResult(
             graph_module=result_module,

@@ -1,8 +1,8 @@
 """The invariants every stage must keep, checked after each stage that changed the graph.
 
 They hold for any graph, whatever the stages are for: FX's own lint passes, the
-stage left no node computing a value nobody uses, and the module still compiles
-to Python so later stages and the caller can run it.
+stage left no node computing a value nobody uses, and the graph still generates
+Python code, so later stages and the caller can run it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch.fx
 
+from pipeline import compilation
 from pipeline.condition import Violation
 from pipeline.snapshot import GraphSnapshot, graph_modules
 
@@ -47,15 +48,18 @@ def no_new_dangling_nodes(before: GraphSnapshot, after: GraphSnapshot) -> Iterat
             )
 
 
-def recompile(graph_module: torch.fx.GraphModule, changed: set[str]) -> Iterator[Violation]:
-    """Regenerate the Python code of every changed graph; a failure is a violation."""
+def generates_code(graph_module: torch.fx.GraphModule, changed: set[str]) -> Iterator[Violation]:
+    """Generate the Python code of every changed graph; a failure is a violation.
+
+    The code is compiled and installed when the module next runs (see
+    :mod:`pipeline.compilation`); generating it is the step a bad graph fails.
+    """
     for path, module in graph_modules(graph_module):
         if path not in changed:
             continue
         try:
-            module.recompile()
+            module.graph.python_code(root_module="self")
         except Exception as error:
-            yield Violation(
-                f"recompile() failed: {type(error).__name__}: {error}",
-                graph=path,
-            )
+            yield Violation(f"code generation failed: {type(error).__name__}: {error}", graph=path)
+            continue
+        compilation.mark_stale(module)

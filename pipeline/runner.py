@@ -2,7 +2,7 @@
 
 For each stage: decide whether the options let it run; enter the
 instrumentations in order; run the stage on the private graph; snapshot the
-result; verify a declared "no change"; recompile what changed; leave the
+result; verify a declared "no change"; generate the code of what changed; leave the
 instrumentations in reverse order. A failure anywhere becomes a
 :class:`~pipeline.errors.StageFailedError` naming the stage and plugin (with the
 node and its source line when known), after every entered instrumentation has
@@ -92,12 +92,12 @@ class Runner:
             for instrumentation in self._instrumentations:
                 instrumentation.before_stage(step)
                 pending.append(instrumentation)
-            step.before = self._snapshot_before(ctx.graph_module)
+            step.before = self._snapshot_before(ctx.graph_module, step.before_signature)
             started = time.perf_counter()
             declared = step.stage.run(ctx)
             step.seconds = time.perf_counter() - started
             step.declared_change = None if declared is None else bool(declared)
-            step.after = self._snapshot_after(ctx.graph_module)
+            step.after, step.after_signature = self._snapshot_after(ctx.graph_module)
             self._verify(step)
             while pending:
                 pending[-1].after_stage(step)
@@ -122,21 +122,28 @@ class Runner:
             ctx.current = None
         self._record(step, "ran")
 
-    def _snapshot_before(self, graph_module: torch.fx.GraphModule | None) -> GraphSnapshot:
+    def _snapshot_before(
+        self, graph_module: torch.fx.GraphModule | None, signature: list[tuple[object, ...]] | None
+    ) -> GraphSnapshot:
         """The previous stage's closing snapshot when nothing has touched the graph since, else a new one.
 
         Only checks (proven not to touch the graph) and instrumentations run
         between two stages; the identity signature confirms nothing moved.
         """
         last = self._last
-        if last is not None and last[0] is graph_module and identity_signature(graph_module) == last[1]:
-            return last[2]
+        if last is not None and last[0] is graph_module:
+            current = identity_signature(graph_module) if signature is None else signature
+            if current == last[1]:
+                return last[2]
         return GraphSnapshot.take(graph_module, self._meta_fields)
 
-    def _snapshot_after(self, graph_module: torch.fx.GraphModule | None) -> GraphSnapshot:
+    def _snapshot_after(
+        self, graph_module: torch.fx.GraphModule | None
+    ) -> tuple[GraphSnapshot, list[tuple[object, ...]]]:
         snapshot = GraphSnapshot.take(graph_module, self._meta_fields)
-        self._last = (graph_module, identity_signature(graph_module), snapshot)
-        return snapshot
+        signature = identity_signature(graph_module)
+        self._last = (graph_module, signature, snapshot)
+        return snapshot, signature
 
     def _verify(self, step: StageRun) -> None:
         assert step.before is not None and step.after is not None
@@ -149,7 +156,7 @@ class Runner:
                 plugin=step.plugin.name,
             )
         if changed and step.ctx.graph_module is not None:
-            problems = list(invariants.recompile(step.ctx.graph_module, changed))
+            problems = list(invariants.generates_code(step.ctx.graph_module, changed))
             if problems:
                 raise StageFailedError(
                     f"stage {step.stage.name!r} (plugin {step.plugin}) left a graph that does not "

@@ -49,9 +49,6 @@ def readable_target(target: Any) -> str:
         return target_name(target)
 
 
-_MISSING = object()
-
-
 def graph_modules(root: torch.fx.GraphModule) -> Iterator[tuple[str, torch.fx.GraphModule]]:
     """The graph module and every graph module nested in it, by qualified name (``""`` for root)."""
     for path, module in root.named_modules(remove_duplicate=True):
@@ -86,22 +83,26 @@ class GraphSnapshot:
         keys = tuple(field.key for field in meta_fields)
         if graph_module is None:
             return cls(graphs, keys)
-        snapshots = tuple(field.snapshot for field in meta_fields)
+        fields = [(field.key, field.snapshot) for field in meta_fields]
+        new = NodeRecord._make
         for path, module in graph_modules(graph_module):
             records: dict[torch.fx.Node, NodeRecord] = {}
             for node in module.graph.nodes:
                 meta = node.meta
-                records[node] = NodeRecord(
-                    node.name,
-                    node.op,
-                    readable_target(node.target),
-                    node.args,
-                    node.kwargs,
-                    tuple(
-                        snap(value) if (value := meta.get(key, _MISSING)) is not _MISSING else None
-                        for key, snap in zip(keys, snapshots, strict=True)
-                    ),
-                    len(node.users),
+                watched = []
+                for key, snap in fields:
+                    value = meta.get(key)
+                    watched.append(value if value is None or type(value) is str else snap(value))
+                records[node] = new(
+                    (
+                        node.name,
+                        node.op,
+                        readable_target(node.target),
+                        node._args,
+                        node._kwargs,
+                        tuple(watched),
+                        len(node.users),
+                    )
                 )
             graphs[path] = records
             objects[path] = module.graph
@@ -177,7 +178,7 @@ def same_arguments(old: Any, new: Any) -> bool:
 
 def identity_signature(graph_module: torch.fx.GraphModule | None) -> list[tuple[Any, ...]]:
     """A cheap signature that changes when any node is added, removed, moved, re-wired,
-    re-targeted or renamed, or has a metadata key added, removed or reassigned.
+    re-targeted or renamed, or has a metadata value added, removed or reassigned.
 
     Used to prove that a condition's check only read the graph. It compares
     metadata values by identity, so it does not see a value mutated in place.
@@ -190,10 +191,9 @@ def identity_signature(graph_module: torch.fx.GraphModule | None) -> list[tuple[
             node.name,
             node.op,
             node.target,
-            node.args,
-            node.kwargs,
+            node._args,
+            node._kwargs,
             *map(id, node.meta.values()),
-            *node.meta,
         )
         for _, module in graph_modules(graph_module)
         for node in module.graph.nodes

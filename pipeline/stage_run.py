@@ -22,6 +22,9 @@ class StageRun:
     ``before`` is the graph as the stage received it (after its requirements
     were checked) and ``after`` as it left it; ``declared_change`` is what the
     stage's ``run`` returned; ``changes`` are the node events the audit found.
+    The signatures (see :func:`~pipeline.snapshot.identity_signature`) are the
+    graph's just before and just after the stage, when someone computed them,
+    so that the next one to need them need not.
     """
 
     planned: PlannedStage
@@ -31,6 +34,8 @@ class StageRun:
     seconds: float = 0.0
     declared_change: bool | None = None
     changes: StageChanges | None = None
+    before_signature: list[tuple[object, ...]] | None = None
+    after_signature: list[tuple[object, ...]] | None = None
 
     @property
     def stage(self) -> Stage:

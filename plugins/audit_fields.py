@@ -25,6 +25,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from pipeline import MetaField, NodeDescriber
+from pipeline.audit.serialize import PlainList
 from plugins import ops
 from plugins.sharing import describe
 
@@ -113,7 +114,10 @@ def _tensor(tensor: torch.Tensor) -> Any:
     flat = tensor.detach().flatten()
     if flat.numel() <= _LISTED_VALUES:
         values = flat.tolist()
-        return values[0] if tensor.dim() == 0 else values
+        if tensor.dim() == 0:
+            return values[0]
+        finite = not flat.is_floating_point() or bool(torch.isfinite(flat).all())
+        return PlainList(values) if finite else values
     return {
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import torch.fx
@@ -67,8 +67,9 @@ class StageChanges:
     rewired: int
 
 
-@attrs.frozen
-class _Survivor:
+class _Survivor(NamedTuple):
+    """A node present before and after the stage (``old`` and ``new`` differ only in a swapped graph)."""
+
     graph: str
     old: torch.fx.Node
     new: torch.fx.Node
@@ -120,6 +121,8 @@ class Differ:
         for survivor in survivors:
             old = before.graphs[survivor.graph][survivor.old]
             new = after.graphs[survivor.graph][survivor.new]
+            if survivor.old is survivor.new and old[:6] == new[:6]:
+                continue
             for event in self._survivor_events(survivor, old, new, translate):
                 out.append(event)
                 rewired += event[0] == events.NODE_REWIRED

@@ -55,9 +55,9 @@ def freeze(value: Any) -> Hashable:
 class MetaField:
     """A ``node.meta`` key whose changes become ``node.meta_changed`` events.
 
-    ``snapshot`` turns the live value into a hashable value that stays put when
-    the live one is mutated in place; two snapshots that differ mean the field
-    changed. Snapshots must be JSON-serializable once tuples read as lists.
+    ``snapshot`` turns the live value into a value that stays put when the
+    live one is mutated in place; two snapshots that differ mean the field
+    changed. Strings (and ``None``) are immutable and are their own snapshot. Snapshots must be JSON-serializable once tuples read as lists.
     ``holds_nodes`` says the value refers to other nodes (as an annotation
     does), which a copy of the graph must re-point at its own nodes.
     """

@@ -14,6 +14,20 @@ import torch
 import torch.fx
 
 _MAX_REPR = 200
+_JSON_LEAVES = frozenset({str, int, bool, type(None)})
+"""Leaf types that are already plain JSON: containers copy them without a call per element."""
+
+
+def _is_plain_leaf(item: Any) -> bool:
+    kind = type(item)
+    return kind in _JSON_LEAVES or (kind is float and math.isfinite(item))
+
+
+class PlainList(list):  # type: ignore[type-arg]
+    """A list its maker knows to be plain JSON already (say, a tensor's finite values).
+
+    Serialization passes it through untouched instead of visiting every element.
+    """
 
 
 def argument(value: Any) -> Any:
@@ -37,17 +51,21 @@ def argument(value: Any) -> Any:
 
 def detail(value: Any) -> Any:
     """A detail a stage or describer attached to an event: plain JSON, nodes as ``"%name"``."""
+    if type(value) is PlainList:
+        return value
     if isinstance(value, torch.fx.Node):
         return f"%{value.name}"
     if isinstance(value, (list, tuple)):
-        return [detail(item) for item in value]
+        return [item if _is_plain_leaf(item) else detail(item) for item in value]
     if isinstance(value, dict):
-        return {str(key): detail(item) for key, item in value.items()}
+        return {str(key): item if _is_plain_leaf(item) else detail(item) for key, item in value.items()}
     return snapshot(value)
 
 
 def snapshot(value: Any) -> Any:
     """A metadata snapshot (see :class:`~pipeline.audit.fields.MetaField`) as a JSON value."""
+    if type(value) is PlainList:
+        return value
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, type):
@@ -55,9 +73,9 @@ def snapshot(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):
-        return [snapshot(item) for item in value]
+        return [item if _is_plain_leaf(item) else snapshot(item) for item in value]
     if isinstance(value, dict):
-        return {str(key): snapshot(item) for key, item in value.items()}
+        return {str(key): item if _is_plain_leaf(item) else snapshot(item) for key, item in value.items()}
     return _short(value)
 
 
@@ -79,14 +97,17 @@ def plain(value: Any) -> Any:
     form, so an in-memory trail holds exactly what a file trail would.
     """
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind is str or kind is int or kind is bool or value is None or kind is PlainList:
         return value
     if kind is float:
         return value if math.isfinite(value) else repr(value)
     if kind is dict:
-        return {key if type(key) is str else _key(key): plain(item) for key, item in value.items()}
+        return {
+            key if type(key) is str else _key(key): item if _is_plain_leaf(item) else plain(item)
+            for key, item in value.items()
+        }
     if kind is list or kind is tuple:
-        return [plain(item) for item in value]
+        return [item if _is_plain_leaf(item) else plain(item) for item in value]
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, str):

@@ -616,5 +616,7 @@ def test_a_stage_that_rewrites_the_callers_own_graph_is_caught_at_the_end_of_the
                 node.meta["quantization_tag"] = "theirs"
             return False
 
-    with pytest.raises(PipelineError, match=r"the run changed the caller's graph module \(stages that ran: trespass\)"):
+    with pytest.raises(
+        PipelineError, match=r"the run changed the caller's graph module \(stages that ran: trespass\)"
+    ):
         Pipeline(plugins=[ToyPlugin(stages=(Trespasses(),))]).run(graph_module)
