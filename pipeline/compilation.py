@@ -24,8 +24,11 @@ def _compile_then_call(self: torch.fx.GraphModule, *args: Any, **kwargs: Any) ->
 
 
 def mark_stale(module: torch.fx.GraphModule) -> None:
-    """Make ``module`` compile its graph on the next call (its class is its own: FX gives each instance one)."""
-    type(module).forward = _compile_then_call  # type: ignore[method-assign]
+    """Make ``module`` compile its graph on the next call.
+
+    The class is the module's own: FX gives every graph module instance a class.
+    """
+    type(module).forward = _compile_then_call
 
 
 def is_stale(module: torch.fx.GraphModule) -> bool:

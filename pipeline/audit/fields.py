@@ -57,7 +57,8 @@ class MetaField:
 
     ``snapshot`` turns the live value into a value that stays put when the
     live one is mutated in place; two snapshots that differ mean the field
-    changed. Strings (and ``None``) are immutable and are their own snapshot. Snapshots must be JSON-serializable once tuples read as lists.
+    changed. Strings (and ``None``) are immutable and are their own snapshot.
+    Snapshots must be JSON-serializable once tuples read as lists.
     ``holds_nodes`` says the value refers to other nodes (as an annotation
     does), which a copy of the graph must re-point at its own nodes.
     """

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import types
 import inspect
+import types
 import warnings
 
 import attrs
