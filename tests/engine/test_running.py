@@ -620,3 +620,30 @@ def test_a_stage_that_rewrites_the_callers_own_graph_is_caught_at_the_end_of_the
         PipelineError, match=r"the run changed the caller's graph module \(stages that ran: trespass\)"
     ):
         Pipeline(plugins=[ToyPlugin(stages=(Trespasses(),))]).run(graph_module)
+
+
+def test_code_is_generated_after_each_stage_and_compiled_when_the_module_runs():
+    from pipeline.compilation import is_stale
+
+    model, inputs = small_net()
+    outputs = []
+
+    @attrs.frozen
+    class RunsTheModule(Stage):
+        """Calls the module the previous stage rewrote."""
+
+        name: str = "runs-it"
+        requires: tuple[str, ...] = ("no-relu",)
+        phase: str = "convert"
+
+        def run(self, ctx):
+            outputs.append((is_stale(ctx.graph_module), ctx.graph_module(*ctx.inputs["example_inputs"])))
+            return False
+
+    result = toy(ToyCapture(), ToyTag(), ToyClamp(), RunsTheModule()).run(model, inputs)
+    was_stale, output = outputs[0]
+    assert was_stale
+    (x,) = inputs
+    assert torch.equal(output, model.second(torch.nn.functional.hardtanh(model.first(x), 0.0, 6.0)) + x)
+    assert not is_stale(result.graph_module)
+    assert "hardtanh" in result.graph_module.code and "relu" not in result.graph_module.code
