@@ -11,6 +11,7 @@ itself and how its errors name the chain that cannot be satisfied.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -118,8 +119,12 @@ class Plan:
         return tuple(planned for planned in self.stages if condition in planned.stage.ensures)
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every row as plain data."""
-        return [planned.describe() for planned in self.stages]
+        """Every row as plain data (a fresh list each call; the rows are computed once)."""
+        return [dict(row) for row in self._rows]
+
+    @functools.cached_property
+    def _rows(self) -> tuple[dict[str, Any], ...]:
+        return tuple(planned.describe() for planned in self.stages)
 
     def table(self) -> str:
         """The plan as a fixed-width text table: one row per stage, then why it sits there."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 from typing import TYPE_CHECKING, Any
@@ -57,12 +58,20 @@ class RunState:
         }
 
 
-def package_versions() -> dict[str, str | None]:
-    """Versions of the packages a run's results depend on (``None`` when not installed)."""
-    versions: dict[str, str | None] = {}
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str | None], ...]:
+    found: list[tuple[str, str | None]] = []
     for name in _REPORTED_PACKAGES:
         try:
-            versions[name] = importlib.metadata.version(name)
+            found.append((name, importlib.metadata.version(name)))
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+            found.append((name, None))
+    return tuple(found)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages a run's results depend on (``None`` when not installed).
+
+    Read once per process: installing packages under a running process is not supported anyway.
+    """
+    return dict(_installed_versions())

@@ -1,8 +1,9 @@
 """The PTQ flow against torchao 0.18: same ops, same qparams on every Q/DQ node, bit-identical outputs.
 
 Every zoo model under every quantizer recipe that quantizes it: torchao's own
-XNNPACK test quantizer and X86InductorQuantizer (static and dynamic), and the
-project's symmetric quantizer run through torchao's flow as the reference.
+XNNPACK test quantizer and X86InductorQuantizer (static and dynamic),
+ExecuTorch's XNNPACKQuantizer, and the project's symmetric quantizer run
+through torchao's flow as the reference.
 Both sides get copies of the same exported module and the same calibration
 batches; ours runs through the drop-in ``pipeline.pt2e`` functions.
 """
@@ -13,6 +14,12 @@ import copy
 
 import pytest
 import torch
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+    XNNPACKQuantizer as ExecuTorchXNNPACKQuantizer,
+)
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+    get_symmetric_quantization_config as executorch_config,
+)
 from zoo.compare import assert_same_quantized
 from zoo.models import _CASES
 from zoo.quantizers import CONFIGS, applies_to, make_quantizer
@@ -26,19 +33,40 @@ SYMMETRIC = {
     "symmetric-per-tensor": SymmetricConfig(per_channel=False),
     "symmetric-dynamic": SymmetricConfig(dynamic=True),
 }
+EXECUTORCH = {
+    "executorch-per-channel": {"is_per_channel": True},
+    "executorch-per-tensor": {"is_per_channel": False},
+    "executorch-dynamic": {"is_per_channel": True, "is_dynamic": True},
+}
 
 
 def build(config: str):
     if config in SYMMETRIC:
         return SymmetricQuantizer(SYMMETRIC[config])
+    if config in EXECUTORCH:
+        return ExecuTorchXNNPACKQuantizer().set_global(executorch_config(**EXECUTORCH[config]))
     return make_quantizer(config)
 
 
 def quantizes(config: str, case) -> bool:
-    return config in SYMMETRIC or applies_to(config, case)
+    return config in SYMMETRIC or config in EXECUTORCH or applies_to(config, case)
 
 
-PAIRS = [(case, config) for case in _CASES for config in (*CONFIGS, *SYMMETRIC) if quantizes(config, case)]
+EXECUTORCH_DEFAULT_TIER = {"residual_cnn", "transformer_block", "maxpool_cat_mul"}
+"""ExecuTorch's quantizer costs seconds a case; the rest of its matrix runs in `tox -e slow`."""
+
+
+def pair(case, config):
+    slow = config in EXECUTORCH and case.name not in EXECUTORCH_DEFAULT_TIER
+    return pytest.param(case, config, id=f"{case.name}-{config}", marks=[pytest.mark.slow] if slow else [])
+
+
+PAIRS = [
+    pair(case, config)
+    for case in _CASES
+    for config in (*CONFIGS, *SYMMETRIC, *EXECUTORCH)
+    if quantizes(config, case)
+]
 
 
 def ours(exported: torch.fx.GraphModule, config: str, batches) -> torch.fx.GraphModule:
@@ -49,7 +77,7 @@ def ours(exported: torch.fx.GraphModule, config: str, batches) -> torch.fx.Graph
     return convert_pt2e(prepared)
 
 
-@pytest.mark.parametrize(("case", "config"), PAIRS, ids=[f"{c.name}-{q}" for c, q in PAIRS])
+@pytest.mark.parametrize(("case", "config"), PAIRS)
 def test_bit_identical_to_torchao(case, config):
     exported = export_case(case)
     batches = case.calibration_batches(4, seed=7)
