@@ -76,3 +76,19 @@ def test_qparams_on_record_are_those_in_the_graph():
                 node.args[4],
                 str(node.args[5]),
             )
+
+
+def test_calibration_reports_progress_and_is_noted():
+    case = next(c for c in _CASES if c.name == "mlp")
+    seen = []
+    batches = case.calibration_batches(3, 0)
+    result = quantize(
+        case.factory(),
+        case.example_inputs,
+        quantizer=make_quantizer("xnnpack-per-tensor"),
+        calibration=batches,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    notes = [e["message"] for e in result.audit.select(stage="calibrate", action="stage.note")]
+    assert notes == ["calibrated on 3 batch(es)"]
