@@ -98,8 +98,9 @@ class AuditRecorder(Instrumentation):
                 changes = None
             else:
                 changes = self._differ.changes(before, after, log)
+                stage, plugin = step.stage.name, step.plugin.name
                 for name, fields in changes.events:
-                    self._trail.emit(name, stage=step.stage.name, plugin=step.plugin.name, **fields)
+                    self._trail.emit_plain(name, {"stage": stage, "plugin": plugin, **fields})
         else:
             changes = None
         common = {

@@ -7,35 +7,29 @@ import time
 from typing import Any
 
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from pipeline.audit.events import SCHEMA_VERSION, VOCABULARY
 from pipeline.audit.serialize import plain
 from pipeline.audit.sinks import AuditSink, DisabledSink
 
-_LEADING = ("schema", "run", "seq", "event", "time")
 
-
-class _Sequence:
-    """Numbers the events of a run from 1, in the order they are emitted."""
+class _Stamp:
+    """Numbers the events of a run from 1, stamps the time, and puts the common fields first."""
 
     def __init__(self) -> None:
         self._counter = itertools.count(1)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        event_dict["seq"] = next(self._counter)
-        return event_dict
-
-
-def _timestamp(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    event_dict["time"] = round(time.time(), 6)
-    return event_dict
-
-
-def _leading_keys_first(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    ordered = {key: event_dict.pop(key) for key in _LEADING if key in event_dict}
-    ordered.update(event_dict)
-    return ordered
+        stamped: EventDict = {
+            "schema": event_dict.pop("schema"),
+            "run": event_dict.pop("run"),
+            "seq": next(self._counter),
+            "event": event_dict.pop("event"),
+            "time": round(time.time(), 6),
+        }
+        stamped.update(event_dict)
+        return stamped
 
 
 def _plain_json(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
@@ -51,14 +45,19 @@ class AuditTrail:
         self.sink = sink
         self.run_id = run_id
         self.enabled = not isinstance(sink, DisabledSink)
-        self._log = structlog.wrap_logger(
+        stamp = _Stamp()
+        self._log = self._chain(sink, stamp, _plain_json)
+        self._plain_log = self._chain(sink, stamp)
+
+    def _chain(self, sink: AuditSink, *processors: Processor) -> Any:
+        return structlog.wrap_logger(
             sink,
-            processors=[_Sequence(), _timestamp, _leading_keys_first, _plain_json, sink.renderer()],
+            processors=[*processors, sink.renderer()],
             wrapper_class=structlog.BoundLogger,
             context_class=dict,
-            cache_logger_on_first_use=False,
+            cache_logger_on_first_use=True,
             schema=SCHEMA_VERSION,
-            run=run_id,
+            run=self.run_id,
         )
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -68,6 +67,20 @@ class AuditTrail:
         if event not in VOCABULARY:
             raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
         self._log.info(event, **fields)
+
+    def emit_plain(self, event: str, fields: dict[str, Any]) -> None:
+        """Write one event whose fields are already plain JSON data.
+
+        (See :func:`~pipeline.audit.serialize.plain`.)
+
+        The recorder's node events are built that way; skipping the walk that
+        would normalize them is most of what an event costs.
+        """
+        if not self.enabled:
+            return
+        if event not in VOCABULARY:
+            raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
+        self._plain_log.info(event, **fields)
 
     def flush(self) -> None:
         """Make what has been emitted durable (called at every stage boundary)."""

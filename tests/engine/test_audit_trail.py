@@ -270,3 +270,16 @@ def test_the_event_vocabulary_is_closed():
     trail = AuditTrail(MemorySink(), "r")
     with pytest.raises(ValueError, match="'node.teleported' is not an audit event"):
         trail.emit("node.teleported")
+
+
+def test_a_memory_trail_holds_exactly_what_a_file_trail_reads_back(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    memory = run_toy(None).audit.events
+    run_toy(path)
+    from_file = AuditLog.load(path).events
+
+    def comparable(events):
+        return [{k: v for k, v in e.items() if k not in ("run", "time", "seconds")} for e in events]
+
+    assert comparable(memory) == comparable(from_file)
+    assert all(type(e) is dict for e in memory)
