@@ -2,7 +2,7 @@
 
 A backend lowers each quantized pattern (``dq -> op -> q``) on its own; a
 dequantize node feeding two annotated ops would tie the two patterns together.
-So, as torchao's ``DuplicateDQPass``, every annotated user of a dequantize node
+So, as torchao's duplicate-dequantize pass does, every annotated user of a dequantize node
 with several users is rewired to a fresh copy inserted right after the
 original (so the copy for the last user comes first), unannotated users (the
 graph output, an op the quantizer skipped) keep the original, and a final

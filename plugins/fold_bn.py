@@ -1,7 +1,7 @@
 """Folding eval-mode batch norms into the conv, conv-transpose or linear layer before them (PTQ).
 
-torchao's ``prepare_pt2e`` folds first (``_fuse_conv_bn_`` then
-``_fuse_linear_bn_``) so that the quantizer sees ``conv -> relu`` rather than
+torchao's ``prepare_pt2e`` folds first (conv batch norms, then linear ones)
+so that the quantizer sees ``conv -> relu`` rather than
 ``conv -> batch_norm -> relu`` and the weight observer sees the weights the
 model will really run with. :func:`fold_batch_norms` makes the same graph with
 the same tensors, bit for bit, in one pass over the graph plus constant work per

@@ -3,7 +3,7 @@
 Convert creates the quantize, dequantize and choose-qparams nodes with no
 ``stack_trace`` or ``nn_module_stack``, so a backend (and a reader of the
 audit trail) cannot tell which line of the model or which module they belong
-to. This stage ports them by torchao's ``PortNodeMetaForQDQ`` rules, walking
+to. This stage ports them by the rules of torchao's metadata-porting pass, walking
 the annotated nodes in graph order (a later port overwrites an earlier one):
 
 - static input: the dequantize node that feeds the annotated node (a direct
