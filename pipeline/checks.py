@@ -36,6 +36,8 @@ _SHOWN = 10
 class Checker(Instrumentation):
     """Checks ``requires`` before, ``ensures`` and the global invariants after, each stage."""
 
+    reads_only = True
+
     def __init__(self, mode: CheckMode, conditions: Mapping[str, Provided[Condition]]) -> None:
         self._mode = mode
         self._conditions = conditions

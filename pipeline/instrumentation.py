@@ -17,7 +17,16 @@ if TYPE_CHECKING:
 
 
 class Instrumentation:
-    """Base class with no-op callbacks; override the ones you need."""
+    """Base class with no-op callbacks; override the ones you need.
+
+    ``reads_only`` promises that the callbacks never change the graph. The
+    engine's own instrumentations make that promise (its checks prove it
+    around every condition); when every instrumentation of a run does, the
+    engine reuses a stage's closing snapshot as the next stage's opening one
+    without re-reading the graph.
+    """
+
+    reads_only: bool = False
 
     def run_started(self, run: RunState) -> None:
         """Before the first stage of a run."""

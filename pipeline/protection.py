@@ -49,6 +49,8 @@ def _version(tensor: torch.Tensor) -> int | None:
 class CallerGuard(Instrumentation):
     """Fails the stage that wrote into a caller's tensor, and the run that changed the caller's graph."""
 
+    reads_only = True
+
     def __init__(self, model: object) -> None:
         self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._graph: torch.fx.GraphModule | None = None

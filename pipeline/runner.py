@@ -35,6 +35,7 @@ class Runner:
         self._run = run
         self._instrumentations = tuple(instrumentations)
         self._meta_fields = run.meta_fields
+        self._only_readers = all(instrumentation.reads_only for instrumentation in self._instrumentations)
         self._last: tuple[torch.fx.GraphModule | None, list[tuple[object, ...]], GraphSnapshot] | None = None
 
     def execute(self, stages: Sequence[PlannedStage]) -> None:
@@ -125,17 +126,25 @@ class Runner:
     def _snapshot_before(
         self, graph_module: torch.fx.GraphModule | None, signature: list[tuple[object, ...]] | None
     ) -> GraphSnapshot:
-        """The previous stage's closing snapshot when nothing has touched the graph since, else a new one.
+        """The previous stage's closing snapshot: nothing may touch the graph between stages.
 
         Only checks (proven not to touch the graph) and instrumentations run
-        between two stages; the identity signature confirms nothing moved.
+        between two stages. When all of them promise to only read, nothing
+        moved; otherwise the identity signature tells, and a change made there
+        (which no stage's audit would show) is an error.
         """
         last = self._last
-        if last is not None and last[0] is graph_module:
+        if last is None or last[0] is not graph_module:
+            return GraphSnapshot.take(graph_module, self._meta_fields)
+        if not self._only_readers:
             current = identity_signature(graph_module) if signature is None else signature
-            if current == last[1]:
-                return last[2]
-        return GraphSnapshot.take(graph_module, self._meta_fields)
+            if current != last[1]:
+                names = ", ".join(type(i).__name__ for i in self._instrumentations if not i.reads_only)
+                raise PipelineError(
+                    f"the graph changed between two stages, outside any stage: an instrumentation "
+                    f"({names}) changed it; instrumentations observe, stages rewrite"
+                )
+        return last[2]
 
     def _snapshot_after(
         self, graph_module: torch.fx.GraphModule | None

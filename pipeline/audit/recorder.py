@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 class AuditRecorder(Instrumentation):
     """Writes the run's audit trail."""
 
+    reads_only = True
+
     def __init__(
         self,
         trail: AuditTrail,

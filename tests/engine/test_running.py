@@ -647,3 +647,17 @@ def test_code_is_generated_after_each_stage_and_compiled_when_the_module_runs():
     assert torch.equal(output, model.second(torch.nn.functional.hardtanh(model.first(x), 0.0, 6.0)) + x)
     assert not is_stale(result.graph_module)
     assert "hardtanh" in result.graph_module.code and "relu" not in result.graph_module.code
+
+
+def test_an_instrumentation_that_changes_the_graph_between_stages_is_an_error():
+    class Meddles(Instrumentation):
+        def after_stage(self, step):
+            if step.stage.name == "toy-capture":
+                node = next(
+                    iter(step.ctx.graph.find_nodes(op="call_function", target=torch.ops.aten.relu.default))
+                )
+                node.meta["stack_trace"] = "meddled"
+
+    model, inputs = small_net()
+    with pytest.raises(StageFailedError, match=r"an instrumentation \(Meddles\) changed it"):
+        toy(instrumentations=[Meddles()]).run(model, inputs)
