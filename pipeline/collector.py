@@ -6,6 +6,8 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+_YOUNG_THRESHOLD = 100000
+
 
 @contextlib.contextmanager
 def spared() -> Iterator[None]:
@@ -15,13 +17,19 @@ def spared() -> Iterator[None]:
     metadata, fake tensors); every full collection would walk them all while
     a run allocates. Freezing them for the block (``gc.freeze``) leaves the
     collector to what the block itself allocates; they are handed back
-    afterwards (``gc.unfreeze``), as they were.
+    afterwards (``gc.unfreeze``), as they were. The block allocates in bursts
+    of thousands of short-lived objects per rewritten node, so the youngest
+    generation is collected every ``_YOUNG_THRESHOLD`` allocations rather than
+    every 700; the thresholds are restored afterwards.
     """
     if not gc.isenabled():
         yield
         return
+    thresholds = gc.get_threshold()
     gc.freeze()
+    gc.set_threshold(max(thresholds[0], _YOUNG_THRESHOLD), *thresholds[1:])
     try:
         yield
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import torch.fx
 
-from pipeline import compilation
+from pipeline import compilation, emission
 from pipeline.condition import Violation
-from pipeline.snapshot import GraphSnapshot, graph_modules
+from pipeline.snapshot import GraphSnapshot, graph_modules, same_arguments
 
 
 def lint(graph_module: torch.fx.GraphModule) -> Iterator[Violation]:
@@ -48,18 +48,45 @@ def no_new_dangling_nodes(before: GraphSnapshot, after: GraphSnapshot) -> Iterat
             )
 
 
-def generates_code(graph_module: torch.fx.GraphModule, changed: set[str]) -> Iterator[Violation]:
-    """Generate the Python code of every changed graph; a failure is a violation.
+def generates_code(
+    graph_module: torch.fx.GraphModule,
+    changed: set[str],
+    before: GraphSnapshot | None = None,
+    after: GraphSnapshot | None = None,
+) -> Iterator[Violation]:
+    """Every changed graph still generates Python code; a graph that does not is a violation.
 
-    The code is compiled and installed when the module next runs (see
-    :mod:`pipeline.compilation`); generating it is the step a bad graph fails.
+    A graph the stage kept (the same graph object, as ``before`` and ``after``
+    show) whose created and changed nodes all :func:`always emit
+    <pipeline.emission.always_emits>` still generates the code it generated
+    before the stage; any other changed graph has its code generated. The
+    code is compiled and installed when the module next runs (see
+    :mod:`pipeline.compilation`).
     """
     for path, module in graph_modules(graph_module):
         if path not in changed:
             continue
+        if before is not None and after is not None and _only_emitting_changes(path, module, before, after):
+            compilation.defer(module)
+            continue
         try:
-            module.graph.python_code(root_module="self")
+            compilation.generate(module)
         except Exception as error:
             yield Violation(f"code generation failed: {type(error).__name__}: {error}", graph=path)
-            continue
-        compilation.mark_stale(module)
+
+
+def _only_emitting_changes(
+    path: str, module: torch.fx.GraphModule, before: GraphSnapshot, after: GraphSnapshot
+) -> bool:
+    old, new = before.graphs.get(path), after.graphs.get(path)
+    if old is None or new is None or before.graph_objects.get(path) is not module.graph:
+        return False
+    touched = (
+        node
+        for node, record in new.items()
+        if (previous := old.get(node)) is None
+        or previous[:3] != record[:3]
+        or not same_arguments(previous.args, record.args)
+        or not same_arguments(previous.kwargs, record.kwargs)
+    )
+    return emission.all_emit(touched)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -157,8 +158,10 @@ class GraphSnapshot:
 
     def same_as(self, later: GraphSnapshot) -> bool:
         """Whether nothing the snapshots record (structure, order or watched metadata) differs."""
-        if self.changed_graphs(later):
-            return False
+        return not self.changed_graphs(later) and self.same_metadata(later)
+
+    def same_metadata(self, later: GraphSnapshot) -> bool:
+        """Whether every node's watched metadata is the same in ``later`` (whose nodes must be these)."""
         return all(
             record.meta == later.graphs[path][node].meta
             for path, records in self.graphs.items()
@@ -186,15 +189,10 @@ def identity_signature(graph_module: torch.fx.GraphModule | None) -> list[tuple[
     if graph_module is None:
         return []
     return [
-        (
-            node,
-            node.name,
-            node.op,
-            node.target,
-            node._args,
-            node._kwargs,
-            *map(id, node.meta.values()),
-        )
+        (node, *_IDENTITY_FIELDS(node), *map(id, node.meta.values()))
         for _, module in graph_modules(graph_module)
         for node in module.graph.nodes
     ]
+
+
+_IDENTITY_FIELDS = operator.attrgetter("name", "op", "target", "_args", "_kwargs")

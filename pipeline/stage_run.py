@@ -50,4 +50,4 @@ class StageRun:
         """Whether the graph's structure or watched metadata differ after the stage."""
         if self.before is None or self.after is None:
             return True
-        return not self.before.same_as(self.after)
+        return self.before is not self.after and not self.before.same_as(self.after)

@@ -7,10 +7,17 @@ Any quantizer with torchao 0.18's interface works unchanged
 a standard the quantizer's own ``validate`` does not: every spec names a real
 input, every shared or derived spec points at something that is quantized, and
 no sharing goes round in a circle.
+
+The quantizer runs with :func:`~plugins.partition_search.faster_partition_search`
+on (option ``fast_partition_search``, default true): torchao's quantizers
+search op chains by enumerating every combination of partitions, which is
+cubic in the depth of the model; the replacement returns the same chains in
+the same order.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -25,12 +32,18 @@ from torchao.quantization.pt2e.quantizer import (
 from pipeline import Context, Stage, StageError, Violation, condition
 from plugins import sharing
 from plugins.annotation import ANNOTATION_KEY
+from plugins.partition_search import faster_partition_search
 from plugins.subgraphs import loop_bodies, quantizable_graph_modules
 
 
 @attrs.frozen
 class Annotate(Stage):
-    """Runs the quantizer: transform_for_annotation, annotate, validate, on the graph and loop bodies."""
+    """Runs the quantizer: transform_for_annotation, annotate, validate, on the graph and loop bodies.
+
+    For QAT, the top-level graph only: torchao's ``prepare_qat_pt2e`` leaves loop bodies alone.
+    ``fast_partition_search`` runs the quantizer with the linear chain search
+    of :mod:`plugins.partition_search`; false runs torchao's own.
+    """
 
     name: str = "annotate"
     requires: tuple[str, ...] = ("captured",)
@@ -38,6 +51,7 @@ class Annotate(Stage):
     invalidates: tuple[str, ...] = ("unannotated",)
     after: tuple[str, ...] = ("fold-bn",)
     required: bool = True
+    fast_partition_search: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     def run(self, ctx: Context) -> None:
         quantizer = ctx.inputs.get("quantizer")
@@ -50,10 +64,14 @@ class Annotate(Stage):
                     f"(expected torchao's Quantizer interface)"
                 )
         assert ctx.graph_module is not None
-        ctx.graph_module = _annotate_tree(quantizer, ctx.graph_module)
+        search = faster_partition_search() if self.fast_partition_search else contextlib.nullcontext()
+        with search:
+            ctx.graph_module = _annotate_tree(
+                quantizer, ctx.graph_module, bodies=not ctx.inputs.get("is_qat")
+            )
 
 
-def _annotate_tree(quantizer: Any, module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def _annotate_tree(quantizer: Any, module: torch.fx.GraphModule, *, bodies: bool) -> torch.fx.GraphModule:
     transformed = quantizer.transform_for_annotation(module)
     if not isinstance(transformed, torch.fx.GraphModule):
         raise StageError(
@@ -62,8 +80,8 @@ def _annotate_tree(quantizer: Any, module: torch.fx.GraphModule) -> torch.fx.Gra
         )
     quantizer.annotate(transformed)
     quantizer.validate(transformed)
-    for name, body in list(loop_bodies(transformed)):
-        annotated = _annotate_tree(quantizer, body)
+    for name, body in list(loop_bodies(transformed)) if bodies else ():
+        annotated = _annotate_tree(quantizer, body, bodies=True)
         if annotated is not body:
             setattr(transformed, name, annotated)
     return transformed

@@ -1,10 +1,12 @@
 """What the audit trail records for quantization: annotation and tag changes, and Q/DQ qparams.
 
 The engine watches ``stack_trace`` and ``nn_module_stack`` on its own; these
-declarations add ``quantization_tag`` and ``quantization_annotation`` (a change
-to either becomes a ``node.meta_changed`` event) and give every event about a
-quantize, dequantize or choose-qparams node its scale, zero point, range,
-dtype and axis, read from the node's own arguments.
+declarations add ``quantization_tag``, ``quantization_annotation`` and the two
+QAT batch-norm marks (fold-bn's "kept for training", fuse-conv-bn's pairing
+and decline reason), so that a change to any becomes a ``node.meta_changed``
+event, and give every event about a quantize, dequantize or choose-qparams
+node its scale, zero point, range, dtype and axis, read from the node's own
+arguments.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from torchao.quantization.pt2e.quantizer import (
 from pipeline import MetaField, NodeDescriber
 from pipeline.audit.serialize import PlainList
 from plugins import ops
+from plugins.fold_bn import KEPT_FOR_TRAINING
+from plugins.fuse_conv_bn import QAT_BATCH_NORM
 from plugins.sharing import describe
 
 _LISTED_VALUES = 256
@@ -91,6 +95,8 @@ def annotation_snapshot(value: Any) -> Hashable:
 META_FIELDS = (
     MetaField("quantization_tag"),
     MetaField("quantization_annotation", annotation_snapshot, holds_nodes=True),
+    MetaField(KEPT_FOR_TRAINING),
+    MetaField(QAT_BATCH_NORM),
 )
 
 

@@ -1,4 +1,4 @@
-"""The built-in plugin: declares the PTQ flow through the same hooks a third party uses."""
+"""The built-in plugin: declares the PTQ and QAT flows through the same hooks a third party uses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from plugins import (
     convert,
     duplicate_dq,
     fold_bn,
+    fold_conv_bn,
     fold_quantize,
+    fuse_conv_bn,
     models,
     port_metadata,
     prepare,
@@ -39,9 +41,11 @@ def pt2e_pipeline_stages() -> Sequence[Stage]:
         capture.Capture(),
         fold_bn.FoldBatchNorm(),
         annotate.Annotate(),
+        fuse_conv_bn.FuseConvBatchNorm(),
         prepare.Prepare(),
         calibrate.Calibrate(),
         convert.Convert(),
+        fold_conv_bn.FoldConvBatchNorm(),
         duplicate_dq.DuplicateDequantize(),
         port_metadata.PortMetadata(),
         fold_quantize.FoldQuantize(),
@@ -58,6 +62,7 @@ def pt2e_pipeline_conditions() -> Sequence[Condition]:
         prepare.observed,
         calibrate.calibrated,
         convert.quantized,
+        fold_conv_bn.no_batch_norm_after_fold,
         duplicate_dq.dq_duplicated,
         port_metadata.qdq_metadata_ported,
         fold_quantize.weights_folded,

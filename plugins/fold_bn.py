@@ -71,39 +71,36 @@ import contextlib
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import torch
 import torch.fx
-from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from pipeline import Context, Stage, StageError, Violation, condition
+from plugins.attributes import (
+    NotAnAttribute,
+    attribute_reads,
+    free_attribute,
+    new_parameter,
+    read_attribute,
+    replace_attribute,
+)
+from plugins.bn_arithmetic import folded_weights
+from plugins.layers import (
+    Kind,
+    batch_norm_arguments,
+    find_batch_norms,
+    kind_of,
+    other_readers,
+    transpose_groups,
+)
 from plugins.subgraphs import quantizable_graph_modules
 
 _aten = torch.ops.aten
 
-CONV_TARGETS: frozenset[Any] = frozenset(
-    {
-        _aten.conv1d.default,
-        _aten.conv1d.padding,
-        _aten.conv2d.default,
-        _aten.conv2d.padding,
-        _aten.conv3d.default,
-        _aten.conv3d.padding,
-    }
-)
-CONV_TRANSPOSE_TARGETS: frozenset[Any] = frozenset(
-    {
-        _aten.conv_transpose1d,
-        _aten.conv_transpose1d.default,
-        _aten.conv_transpose2d,
-        _aten.conv_transpose2d.input,
-        _aten.conv_transpose3d,
-        _aten.conv_transpose3d.input,
-    }
-)
-LINEAR_TARGETS: frozenset[Any] = frozenset({_aten.linear.default})
+KEPT_FOR_TRAINING = "pt2e_pipeline_kept_for_training"
+"""Batch-norm metadata: a QAT run keeps this eval-mode batch norm to train it rather than fold it now."""
 
 FOLDABLE_BATCH_NORMS: tuple[Any, ...] = (
     _aten.batch_norm.default,
@@ -111,27 +108,6 @@ FOLDABLE_BATCH_NORMS: tuple[Any, ...] = (
 )
 """The batch-norm ops folded, as torchao: the composite op (what eval export gives) and the decomposed one."""
 
-_ANY_BATCH_NORM: tuple[Any, ...] = (
-    *FOLDABLE_BATCH_NORMS,
-    _aten._native_batch_norm_legit.default,
-    _aten.cudnn_batch_norm.default,
-    _aten.miopen_batch_norm.default,
-)
-
-_METADATA_READERS: frozenset[Any] = frozenset(
-    {
-        _aten.sym_size.int,
-        _aten.sym_stride.int,
-        _aten.sym_numel.default,
-        _aten.sym_storage_offset.default,
-        _aten._assert_tensor_metadata.default,
-    }
-)
-"""Ops that read only a tensor's shape, dtype or device, which folding leaves as they were."""
-
-_TRANSPOSE_GROUPS_INDEX = 6
-
-Kind = Literal["conv", "conv_transpose", "linear"]
 FoldOrigin = Callable[[torch.fx.Node, torch.fx.Node], contextlib.AbstractContextManager[Any]]
 
 
@@ -177,6 +153,7 @@ def fold_batch_norms(
     *,
     origin: FoldOrigin | None = None,
     on_skip: Callable[[Skipped], None] | None = None,
+    recompile: bool = True,
 ) -> list[Folded]:
     """Fold every eval-mode batch norm of ``graph_module`` and its loop bodies into the layer before it.
 
@@ -185,11 +162,12 @@ def fold_batch_norms(
     is entered around each fold, so a caller can attribute the nodes it creates;
     ``on_skip`` hears of every batch norm after a conv or linear left unfolded.
     Raises :class:`~pipeline.StageError` for a fold whose weights are not module
-    attributes.
+    attributes. ``recompile=False`` leaves the modules' code stale, for a caller
+    that compiles once later (the engine does).
     """
     folded: list[Folded] = []
     for path, module in quantizable_graph_modules(graph_module):
-        folded.extend(_fold_graph(path, module, origin, on_skip))
+        folded.extend(_fold_graph(path, module, origin, on_skip, recompile))
     return folded
 
 
@@ -198,12 +176,13 @@ def _fold_graph(
     graph_module: torch.fx.GraphModule,
     origin: FoldOrigin | None,
     on_skip: Callable[[Skipped], None] | None,
+    recompile: bool,
 ) -> list[Folded]:
     graph = graph_module.graph
-    if not any(_find(graph, target) for target in _ANY_BATCH_NORM):
+    if not find_batch_norms(graph):
         return []
-    uses = _attribute_uses(graph)
-    batch_norms = sorted(node for target in FOLDABLE_BATCH_NORMS for node in _find(graph, target))
+    uses = attribute_reads(graph)
+    batch_norms = find_batch_norms(graph, FOLDABLE_BATCH_NORMS)
     folded: list[Folded] = []
     for kinds in (("conv", "conv_transpose"), ("linear",)):
         for batch_norm in batch_norms:
@@ -217,46 +196,9 @@ def _fold_graph(
             elif isinstance(found, str) and on_skip is not None:
                 on_skip(Skipped(path, batch_norm, batch_norm.args[0], found))
     _drop_dead_nodes(graph)
-    graph_module.recompile()
+    if recompile:
+        graph_module.recompile()
     return folded
-
-
-def _find(graph: torch.fx.Graph, target: Any) -> list[torch.fx.Node]:
-    return list(graph.find_nodes(op="call_function", target=target, sort=False))
-
-
-def _attribute_uses(graph: torch.fx.Graph) -> Counter[str]:
-    """How many reads each attribute has, over all its ``get_attr`` nodes."""
-    uses: Counter[str] = Counter()
-    for node in graph.find_nodes(op="get_attr", sort=False):
-        uses[str(node.target)] += len(node.users)
-    return uses
-
-
-def _kind(node: object) -> Kind | None:
-    if not isinstance(node, torch.fx.Node) or node.op != "call_function":
-        return None
-    if node.target in CONV_TARGETS:
-        return "conv"
-    if node.target in CONV_TRANSPOSE_TARGETS:
-        return "conv_transpose"
-    if node.target in LINEAR_TARGETS:
-        return "linear"
-    return None
-
-
-def _batch_norm_arguments(node: torch.fx.Node) -> dict[str, Any]:
-    """The batch norm's arguments by schema name, defaults filled in."""
-    schema = node.target._schema.arguments  # type: ignore[union-attr]
-    values: dict[str, Any] = {}
-    for index, argument in enumerate(schema):
-        if argument.name in node.kwargs:
-            values[argument.name] = node.kwargs[argument.name]
-        elif not argument.kwarg_only and index < len(node.args):
-            values[argument.name] = node.args[index]
-        else:
-            values[argument.name] = argument.default_value
-    return values
 
 
 def _inspect(
@@ -271,11 +213,11 @@ def _inspect(
     tensors are not module attributes.
     """
     layer = batch_norm.args[0]
-    kind = _kind(layer)
+    kind = kind_of(layer)
     if kind not in kinds:
         return None
     assert isinstance(layer, torch.fx.Node)
-    arguments = _batch_norm_arguments(batch_norm)
+    arguments = batch_norm_arguments(batch_norm)
     if arguments.get("training", False):
         return (
             f"{batch_norm.name} runs in training mode (batch statistics): export the model in eval mode "
@@ -306,10 +248,6 @@ def _inspect(
     reason = _unsafe(batch_norm, layer, kind, weight, bias, tensors["weight"], uses)
     if reason is not None:
         return reason
-    groups = 1
-    if kind == "conv_transpose":
-        groups = layer.args[_TRANSPOSE_GROUPS_INDEX] if len(layer.args) > _TRANSPOSE_GROUPS_INDEX else 1
-        groups = layer.kwargs.get("groups", groups)
     return _Candidate(
         batch_norm=batch_norm,
         layer=layer,
@@ -318,7 +256,7 @@ def _inspect(
         bias=bias if isinstance(bias, torch.fx.Node) else None,
         tensors=tensors,
         eps=float(arguments["eps"]),
-        groups=int(groups),
+        groups=transpose_groups(layer),
     )
 
 
@@ -330,38 +268,11 @@ def _attribute(
     what: str,
 ) -> torch.Tensor | None:
     """The tensor a ``get_attr`` argument reads; a clear error for anything that is not one."""
-    if node is None:
-        return None
-    prefix = f"cannot fold {batch_norm.name} into {layer.name if layer is not batch_norm else 'its input'}: "
-    if not isinstance(node, torch.fx.Node):
-        raise StageError(f"{prefix}the {what} is the constant {node!r}, not a module attribute", node=layer)
-    if node.op == "placeholder":
-        raise StageError(
-            f"{prefix}the {what} is the graph input {node.name!r}, not a module attribute, so it is only "
-            "known at run time (in a loop body, weights arrive as inputs; for an ExportedProgram, "
-            "pass exported.module())",
-            node=layer,
-        )
-    if node.op != "get_attr":
-        raise StageError(
-            f"{prefix}the {what} is computed by node {node.name!r} ({node.op} {node.target}), "
-            "not read from a module attribute",
-            node=layer,
-        )
-    value: Any = graph_module
-    for atom in str(node.target).split("."):
-        if not hasattr(value, atom):
-            raise StageError(
-                f"{prefix}the {what} reads attribute {node.target!r}, which the module does not have",
-                node=layer,
-            )
-        value = getattr(value, atom)
-    if not isinstance(value, torch.Tensor):
-        raise StageError(
-            f"{prefix}the {what} attribute {node.target!r} is a {type(value).__name__}, not a tensor",
-            node=layer,
-        )
-    return value
+    try:
+        return read_attribute(graph_module, node, f"the {what}")
+    except NotAnAttribute as problem:
+        into = layer.name if layer is not batch_norm else "its input"
+        raise StageError(f"cannot fold {batch_norm.name} into {into}: {problem}", node=layer) from None
 
 
 def _unsafe(
@@ -389,11 +300,7 @@ def _unsafe(
                 f"{layer.name} is unbatched ({value.ndim}-D output): {batch_norm.name}'s channel "
                 "dimension is not the conv's"
             )
-    others = [
-        user.name
-        for user in layer.users
-        if user is not batch_norm and not (user.op == "call_function" and user.target in _METADATA_READERS)
-    ]
+    others = other_readers(layer, batch_norm)
     if others:
         return f"the output of {layer.name} also feeds {', '.join(others)}, which would see the folded values"
     for role, node in (("weight", weight), ("bias", bias)):
@@ -422,16 +329,16 @@ def _fold(
     layer, batch_norm = found.layer, found.batch_norm
     weight_target = str(found.weight.target)
     fused_weight, fused_bias = _fused(found)
-    _replace_attribute(graph_module, weight_target, fused_weight)
+    replace_attribute(graph_module, weight_target, fused_weight)
     args = list(layer.args)
     if len(args) == 2:
         args.append(None)
     if found.bias is not None:
         bias_target = str(found.bias.target)
-        _replace_attribute(graph_module, bias_target, fused_bias)
+        replace_attribute(graph_module, bias_target, fused_bias)
     else:
-        bias_target = _free_attribute(graph_module, f"{weight_target}_bias")
-        _new_parameter(graph_module, bias_target, fused_bias)
+        bias_target = free_attribute(graph_module, f"{weight_target}_bias")
+        new_parameter(graph_module, bias_target, fused_bias)
         with graph.inserting_before(layer):
             bias_node = graph.get_attr(bias_target)
         uses[bias_target] += 1
@@ -454,93 +361,12 @@ def _fold(
 
 
 def _fused(found: _Candidate) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-    """The folded weight and bias, with torch's fusion helpers wherever they are right."""
     t = found.tensors
-    weight, bias = t["weight"], t["bias"]
-    mean, var = t["bn_running_mean"], t["bn_running_var"]
-    gamma, beta = t["bn_weight"], t["bn_bias"]
+    weight, mean, var = t["weight"], t["bn_running_mean"], t["bn_running_var"]
     assert weight is not None and mean is not None and var is not None
-    if found.kind == "linear":
-        return fuse_linear_bn_weights(
-            weight,
-            bias,
-            mean,
-            var,
-            found.eps,
-            gamma if gamma is not None else torch.ones_like(mean),
-            beta if beta is not None else torch.zeros_like(mean),
-        )
-    transpose = found.kind == "conv_transpose"
-    if transpose and found.groups != 1:
-        return _fuse_grouped_transpose(weight, bias, mean, var, found.eps, gamma, beta, found.groups)
-    return fuse_conv_bn_weights(weight, bias, mean, var, found.eps, gamma, beta, transpose=transpose)
-
-
-def _fuse_grouped_transpose(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mean: torch.Tensor,
-    var: torch.Tensor,
-    eps: float,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    groups: int,
-) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-    """``fuse_conv_bn_weights``'s arithmetic for a transposed weight ``(in, out / groups, *k)``.
-
-    Output channel ``g * (out / groups) + j`` reads column ``j`` of group ``g``'s
-    rows, so the scale is laid out per group; each element is the same product.
-    """
-    weight_dtype = weight.dtype
-    bias_dtype = bias.dtype if bias is not None else weight_dtype
-    if bias is None:
-        bias = torch.zeros_like(mean)
-    if gamma is None:
-        gamma = torch.ones_like(mean)
-    if beta is None:
-        beta = torch.zeros_like(mean)
-    var_rsqrt = torch.rsqrt(var + eps)
-    rows, per_group, *kernel = weight.shape
-    grouped = weight.reshape(groups, rows // groups, per_group, *kernel)
-    scale = (gamma * var_rsqrt).reshape(groups, 1, per_group, *[1] * len(kernel))
-    fused_weight = (grouped * scale).reshape(weight.shape).to(dtype=weight_dtype)
-    fused_bias = ((bias - mean) * var_rsqrt * gamma + beta).to(dtype=bias_dtype)
-    return (
-        torch.nn.Parameter(fused_weight, weight.requires_grad),
-        torch.nn.Parameter(fused_bias, bias.requires_grad),
+    return folded_weights(
+        found.kind, weight, t["bias"], mean, var, found.eps, t["bn_weight"], t["bn_bias"], found.groups
     )
-
-
-def _owner(graph_module: torch.fx.GraphModule, target: str) -> tuple[torch.nn.Module, str]:
-    prefix, _, field = target.rpartition(".")
-    return (graph_module.get_submodule(prefix) if prefix else graph_module), field
-
-
-def _replace_attribute(graph_module: torch.fx.GraphModule, target: str, value: torch.nn.Parameter) -> None:
-    """Point ``target`` at a new tensor of the same kind (parameter, buffer or plain attribute)."""
-    module, field = _owner(graph_module, target)
-    if field in module._parameters:
-        module.register_parameter(field, value)
-    elif field in module._buffers:
-        persistent = field not in module._non_persistent_buffers_set
-        module.register_buffer(field, value.detach(), persistent=persistent)
-    else:
-        setattr(module, field, value.detach())
-
-
-def _new_parameter(graph_module: torch.fx.GraphModule, target: str, value: torch.nn.Parameter) -> None:
-    module, field = _owner(graph_module, target)
-    module.register_parameter(field, value)
-
-
-def _free_attribute(graph_module: torch.fx.GraphModule, target: str) -> str:
-    """``target``, or ``target_<n>`` with the smallest ``n`` that names nothing yet."""
-    module, field = _owner(graph_module, target)
-    candidate, number = field, 0
-    while hasattr(module, candidate):
-        number += 1
-        candidate = f"{field}_{number}"
-    return target[: len(target) - len(field)] + candidate
 
 
 def _hand_over(batch_norm: torch.fx.Node, layer: torch.fx.Node) -> None:
@@ -577,8 +403,10 @@ def _fold_sites(graph_module: torch.fx.GraphModule) -> Iterator[tuple[str, _Cand
     """The folds :func:`fold_batch_norms` would make now, in graph order, without making them."""
     for path, module in quantizable_graph_modules(graph_module):
         graph = module.graph
-        uses = _attribute_uses(graph)
-        for batch_norm in sorted(node for target in FOLDABLE_BATCH_NORMS for node in _find(graph, target)):
+        uses = attribute_reads(graph)
+        for batch_norm in find_batch_norms(graph, FOLDABLE_BATCH_NORMS):
+            if KEPT_FOR_TRAINING in batch_norm.meta:
+                continue
             try:
                 found = _inspect(batch_norm, module, uses, ("conv", "conv_transpose", "linear"))
             except StageError:
@@ -589,7 +417,7 @@ def _fold_sites(graph_module: torch.fx.GraphModule) -> Iterator[tuple[str, _Cand
 
 @condition("bn-folded", "no eval-mode batch norm is left that could be folded into the layer before it")
 def bn_folded(graph_module: torch.fx.GraphModule | None) -> list[Violation]:
-    """Every batch norm fold-bn would fold is a violation."""
+    """Every batch norm fold-bn would fold is a violation, unless a QAT run keeps it to train."""
     if graph_module is None:
         return []
     return [
@@ -608,8 +436,10 @@ class FoldBatchNorm(Stage):
     """Folds eval-mode batch norms into the conv, conv-transpose or linear weights before them.
 
     The PTQ half of torchao's ``prepare_pt2e`` conv-bn handling; QAT keeps its
-    batch norms (they train), so with ``is_qat`` the stage does nothing. See
-    :mod:`plugins.fold_bn` for the rules and where they differ from torchao.
+    batch norms (they train, and fold-conv-bn folds them at convert), so with
+    ``is_qat`` the stage only marks the ones it would have folded
+    (:data:`KEPT_FOR_TRAINING`). See :mod:`plugins.fold_bn` for the rules and
+    where they differ from torchao.
     """
 
     name: str = "fold-bn"
@@ -622,10 +452,13 @@ class FoldBatchNorm(Stage):
     required: bool = False
 
     def run(self, ctx: Context) -> bool | None:
-        if ctx.inputs.get("is_qat"):
-            return False
         graph_module = ctx.graph_module
         assert graph_module is not None
+        if ctx.inputs.get("is_qat"):
+            kept = [found.batch_norm for _, found in _fold_sites(graph_module)]
+            for batch_norm in kept:
+                batch_norm.meta[KEPT_FOR_TRAINING] = True
+            return None if kept else False
 
         def origin(layer: torch.fx.Node, batch_norm: torch.fx.Node) -> contextlib.AbstractContextManager[Any]:
             return ctx.origin(layer, batch_norm, folded=batch_norm.name)
@@ -638,7 +471,7 @@ class FoldBatchNorm(Stage):
                 layer=skip.layer.name,
             )
 
-        for fold in fold_batch_norms(graph_module, origin=origin, on_skip=skipped):
+        for fold in fold_batch_norms(graph_module, origin=origin, on_skip=skipped, recompile=False):
             ctx.note(
                 f"folded {fold.batch_norm} into {fold.kind} {fold.layer}",
                 graph=fold.graph,

@@ -60,7 +60,11 @@ class AttributeNamer:
 
 @attrs.frozen
 class Prepare(Stage):
-    """Inserts an observer on every annotated edge and output, shared as the annotations say."""
+    """Inserts an observer on every annotated edge and output, shared as the annotations say.
+
+    With ``is_qat``, fake-quantize modules where the specs ask for them, and on
+    the top-level graph only (torchao's ``prepare_qat_pt2e`` leaves loop bodies alone).
+    """
 
     name: str = "prepare"
     requires: tuple[str, ...] = ("annotated",)
@@ -72,7 +76,8 @@ class Prepare(Stage):
         is_qat = bool(ctx.inputs.get("is_qat", False))
         callback = getattr(quantizer, "prepare_obs_or_fq_callback", None)
         assert ctx.graph_module is not None
-        for _, module in quantizable_graph_modules(ctx.graph_module):
+        graphs = [("", ctx.graph_module)] if is_qat else quantizable_graph_modules(ctx.graph_module)
+        for _, module in graphs:
             _prepare_graph(ctx, module, is_qat=is_qat, callback=callback)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch.fx
 
 from pipeline.audit import events
-from pipeline.audit.diff import Created, Differ, Erased, HookEntry, Replaced
+from pipeline.audit.diff import Created, Differ, Erased, HookEntry, Replaced, StageChanges
 from pipeline.audit.fields import MetaField, NodeDescriber
 from pipeline.audit.trail import AuditTrail
 from pipeline.instrumentation import Instrumentation
@@ -98,6 +98,8 @@ class AuditRecorder(Instrumentation):
             if not before.exists and after.exists and step.ctx.graph_module is not None:
                 self._baseline(step.ctx.graph_module, stage=step.stage.name)
                 changes = None
+            elif before is after and not log:
+                changes = StageChanges((), 0, 0, 0)
             else:
                 changes = self._differ.changes(before, after, log)
                 stage, plugin = step.stage.name, step.plugin.name

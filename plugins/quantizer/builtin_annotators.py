@@ -2,24 +2,28 @@
 
 Operator tier (each op gets qparams of its own):
 
-===================  ==========================  =====================  ================
-name                 pattern (anchor last)       modes                  annotates
-===================  ==========================  =====================  ================
-``conv_bn_relu``     conv -> batch_norm -> relu  qat                    conv inputs, relu output
-``conv_bn``          conv -> batch_norm          qat                    conv inputs, bn output
-``conv_relu``        conv -> relu                ptq, qat               conv inputs, relu output
-``linear_relu``      linear -> relu              ptq, qat               linear inputs, relu output
-``add_relu``         add -> relu                 ptq, qat               add inputs, relu output
-``mul_relu``         mul -> relu                 ptq, qat               mul inputs, relu output
-``conv``             conv1d / conv2d             ptq, qat, dynamic      input, weight, output
-``linear``           linear                      ptq, qat, dynamic      input, weight, output
-``add``, ``mul``     add / mul (and in-place)    ptq, qat               both operands, output
-===================  ==========================  =====================  ================
+==================  ============================  =================  ==========================
+name                pattern (anchor last)         modes              annotates
+==================  ============================  =================  ==========================
+``conv_bn_relu``    conv -> batch_norm -> relu    qat                conv inputs, relu output
+``conv_bn``         conv -> batch_norm            qat                conv inputs, bn output
+``linear_bn_relu``  linear -> batch_norm -> relu  qat                linear inputs, relu output
+``linear_bn``       linear -> batch_norm          qat                linear inputs, bn output
+``conv_relu``       conv -> relu                  ptq, qat           conv inputs, relu output
+``linear_relu``     linear -> relu                ptq, qat           linear inputs, relu output
+``add_relu``        add -> relu                   ptq, qat           add inputs, relu output
+``mul_relu``        mul -> relu                   ptq, qat           mul inputs, relu output
+``conv``            conv1d / conv2d               ptq, qat, dynamic  input, weight, output
+``linear``          linear                        ptq, qat, dynamic  input, weight, output
+``add``, ``mul``    add / mul (and in-place)      ptq, qat           both operands, output
+==================  ============================  =================  ==========================
 
 The intermediate of a fused pattern (conv, bn, add, ...) must have no other
 user, or the pattern does not match and the ops are annotated one by one.
 Batch norms only survive to annotation in QAT (PTQ folds them first), hence
-the ``conv_bn`` patterns serve QAT alone. Biases stay float. Binary ops are
+the ``conv_bn`` and ``linear_bn`` patterns serve QAT alone (fuse-conv-bn then
+rewrites each pair into its simulated form, and a linear's batch norm is
+BatchNorm1d over 2-D activations). Biases stay float. Binary ops are
 skipped when an operand is not a float32 tensor or is a constant beyond
 ``histc``'s range (their observer could not take it).
 
@@ -154,31 +158,43 @@ def _fused_relu(producers: tuple[object, ...], weighted: bool) -> AnnotateFuncti
     return annotate
 
 
-def annotate_conv_bn(bn: torch.fx.Node, ctx: AnnotationContext) -> bool:
-    """conv -> batch_norm (QAT): conv inputs, bn output."""
-    conv = _single_user_producer(bn, CONV_OPS)
-    if conv is None:
-        return False
-    inputs = _weighted_inputs(conv, ctx)
-    if inputs is None or not ctx.can_claim(conv, bn):
-        return False
-    write_annotation(conv, inputs)
-    write_annotation(bn, output=ctx.specs.output_activation)
-    return True
+def _normalises_channels(layer: torch.fx.Node) -> bool:
+    """Whether a batch norm after ``layer`` acts on its output channels: not for a linear over 3-D input."""
+    value = layer.meta.get("val")
+    return layer.target not in LINEAR_OPS or not isinstance(value, torch.Tensor) or value.ndim == 2
 
 
-def annotate_conv_bn_relu(relu: torch.fx.Node, ctx: AnnotationContext) -> bool:
-    """conv -> batch_norm -> relu (QAT): conv inputs, relu output."""
-    bn = _single_user_producer(relu, BATCH_NORM_OPS)
-    conv = None if bn is None else _single_user_producer(bn, CONV_OPS)
-    if bn is None or conv is None:
-        return False
-    inputs = _weighted_inputs(conv, ctx)
-    if inputs is None or not ctx.can_claim(conv, bn, relu):
-        return False
-    write_annotation(conv, inputs)
-    write_annotation(relu, output=ctx.specs.output_activation)
-    return True
+def _layer_bn(layers: tuple[object, ...]) -> AnnotateFunction:
+    def annotate(bn: torch.fx.Node, ctx: AnnotationContext) -> bool:
+        """layer -> batch_norm (QAT): layer inputs, bn output."""
+        layer = _single_user_producer(bn, layers)
+        if layer is None or not _normalises_channels(layer):
+            return False
+        inputs = _weighted_inputs(layer, ctx)
+        if inputs is None or not ctx.can_claim(layer, bn):
+            return False
+        write_annotation(layer, inputs)
+        write_annotation(bn, output=ctx.specs.output_activation)
+        return True
+
+    return annotate
+
+
+def _layer_bn_relu(layers: tuple[object, ...]) -> AnnotateFunction:
+    def annotate(relu: torch.fx.Node, ctx: AnnotationContext) -> bool:
+        """layer -> batch_norm -> relu (QAT): layer inputs, relu output."""
+        bn = _single_user_producer(relu, BATCH_NORM_OPS)
+        layer = None if bn is None else _single_user_producer(bn, layers)
+        if bn is None or layer is None or not _normalises_channels(layer):
+            return False
+        inputs = _weighted_inputs(layer, ctx)
+        if inputs is None or not ctx.can_claim(layer, bn, relu):
+            return False
+        write_annotation(layer, inputs)
+        write_annotation(relu, output=ctx.specs.output_activation)
+        return True
+
+    return annotate
 
 
 def annotate_shared_with_producer(node: torch.fx.Node, ctx: AnnotationContext) -> bool:
@@ -230,8 +246,10 @@ def _sharing(name: str, ops: Iterable[OpOverload]) -> Annotator:
 
 
 _DECLARED = (
-    Annotator("conv_bn_relu", RELU_OPS, annotate_conv_bn_relu, pattern_size=3, modes={"qat"}),
-    Annotator("conv_bn", BATCH_NORM_OPS, annotate_conv_bn, pattern_size=2, modes={"qat"}),
+    Annotator("conv_bn_relu", RELU_OPS, _layer_bn_relu(CONV_OPS), pattern_size=3, modes={"qat"}),
+    Annotator("conv_bn", BATCH_NORM_OPS, _layer_bn(CONV_OPS), pattern_size=2, modes={"qat"}),
+    Annotator("linear_bn_relu", RELU_OPS, _layer_bn_relu(LINEAR_OPS), pattern_size=3, modes={"qat"}),
+    Annotator("linear_bn", BATCH_NORM_OPS, _layer_bn(LINEAR_OPS), pattern_size=2, modes={"qat"}),
     Annotator("conv_relu", RELU_OPS, _fused_relu(CONV_OPS, weighted=True), pattern_size=2),
     Annotator("linear_relu", RELU_OPS, _fused_relu(LINEAR_OPS, weighted=True), pattern_size=2),
     Annotator("add_relu", RELU_OPS, _fused_relu(ADD_OPS, weighted=False), pattern_size=2),

@@ -36,9 +36,15 @@ def test_stages_prints_the_plan_with_reasons():
     rows = json.loads(result.output)
     names = [row["stage"] for row in rows]
     assert names.index("capture") < names.index("annotate") < names.index("prepare") < names.index("convert")
+    assert names.index("annotate") < names.index("fuse-conv-bn") < names.index("prepare")
     assert rows[names.index("prepare")]["why"] == [
-        "after 'annotate': 'prepare' requires 'annotated', which 'annotate' ensures"
+        "after 'annotate': 'prepare' requires 'annotated', which 'annotate' ensures",
+        "after 'fuse-conv-bn': 'prepare' requires 'annotated', which 'fuse-conv-bn' ensures",
     ]
+    assert rows[names.index("fold-conv-bn")]["why"] == [
+        "after 'convert': 'fold-conv-bn' requires 'quantized', which 'convert' ensures"
+    ]
+    assert names.index("fold-conv-bn") < names.index("duplicate-dq")
 
 
 def test_audit_shows_a_nodes_history_and_lineage(tmp_path):

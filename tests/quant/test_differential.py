@@ -99,7 +99,13 @@ def test_one_shot_quantize_equals_prepare_calibrate_convert(name):
     assert_same_quantized(
         result.graph_module, ours(exported, "xnnpack-per-channel", batches), case.example_inputs
     )
-    assert result.report.ran_names()[-4:] == ["convert", "duplicate-dq", "port-metadata", "fold-quantize"]
+    assert result.report.ran_names()[-5:] == [
+        "convert",
+        "fold-conv-bn",
+        "duplicate-dq",
+        "port-metadata",
+        "fold-quantize",
+    ]
     assert result.report["calibrate"].status == "ran"
 
 

@@ -14,7 +14,7 @@ from zoo.compare import op_multiset
 
 from pipeline import Pipeline, StageError, StageFailedError
 from pipeline.copying import private_copy
-from plugins.fold_bn import FoldBatchNorm, Folded, bn_folded, fold_batch_norms
+from plugins.fold_bn import KEPT_FOR_TRAINING, FoldBatchNorm, Folded, bn_folded, fold_batch_norms
 
 BATCH_NORM = torch.ops.aten.batch_norm.default
 
@@ -476,11 +476,20 @@ def test_the_stage_notes_the_batch_norms_it_leaves():
     assert note["node"] == "batch_norm" and "also feeds add" in note["message"]
 
 
-def test_the_stage_does_nothing_for_qat():
+def test_the_stage_only_marks_the_batch_norms_it_keeps_for_qat():
     x = torch.randn(2, 3, 7, 7)
     graph_module = export(seeded(ConvBn(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), True)), x)
-    result = fold_pipeline(check="off").run(graph_module, is_qat=True)
+    result = fold_pipeline().run(graph_module, is_qat=True)
+    kept = [node.name for node in result.graph_module.graph.nodes if KEPT_FOR_TRAINING in node.meta]
+    assert kept == ["batch_norm"]
+    for node in result.graph_module.graph.nodes:
+        node.meta.pop(KEPT_FOR_TRAINING, None)
     assert structure(result.graph_module) == structure(private_copy(graph_module))
+
+
+def test_a_qat_run_without_batch_norms_to_keep_changes_nothing():
+    graph_module = export(seeded(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())), torch.randn(2, 3, 7, 7))
+    result = fold_pipeline().run(graph_module, is_qat=True)
     assert result.report["fold-bn"].changed is False
 
 

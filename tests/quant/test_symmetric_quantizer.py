@@ -448,7 +448,12 @@ def test_default_annotators_are_the_builtins_plus_plugins_in_a_fixed_order() -> 
     assert list(discovered) == sorted(discovered, key=lambda annotator: annotator.sort_key)
     reordered = SymmetricQuantizer(annotators=reversed(BUILTIN_ANNOTATORS)).annotators
     assert reordered == BUILTIN_ANNOTATORS
-    assert [annotator.name for annotator in BUILTIN_ANNOTATORS[:3]] == ["conv_bn_relu", "add_relu", "conv_bn"]
+    assert [annotator.name for annotator in BUILTIN_ANNOTATORS[:4]] == [
+        "conv_bn_relu",
+        "linear_bn_relu",
+        "add_relu",
+        "conv_bn",
+    ]
     assert BUILTIN_ANNOTATORS[-1].tier is Tier.SHARING
 
 

@@ -9,15 +9,17 @@ operators, which Q/DQ node and which output element, with both values.
 Q/DQ records are matched by what they connect (`qdq_key`), not by graph
 order, because passes may legitimately move Q/DQ nodes (fold-quantize places
 each weight's dequantize next to its consumer; duplicated dequantize nodes
-come out in users order).  `qparam_matching="graph-order"` keeps the older,
-positional comparison.
+come out in users order).  `qparam_matching="structure"` names the connected
+ops by target rather than node name, for flows that rename the ops they
+rewrite (QAT's conv-bn fold); `qparam_matching="graph-order"` keeps the
+older, positional comparison.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -162,7 +164,7 @@ def qdq_params(gm: GraphModule) -> list[QParamRecord]:
 QDQKey = tuple[str, str, tuple[Any, ...], tuple[str, ...]]
 """(location, target, nearest non-Q/DQ producer, sorted nearest non-Q/DQ consumers)."""
 
-QParamMatching = Literal["key", "graph-order"]
+QParamMatching = Literal["key", "structure", "graph-order"]
 
 
 def qdq_key(location: str, owner: GraphModule, node: Node) -> QDQKey:
@@ -177,7 +179,38 @@ def qdq_key(location: str, owner: GraphModule, node: Node) -> QDQKey:
     return (location, target_name(node.target), _producer_key(owner, node), _consumer_names(node))
 
 
-def _producer_key(owner: GraphModule, node: Node) -> tuple[Any, ...]:
+def qdq_structural_key(location: str, owner: GraphModule, node: Node) -> QDQKey:
+    """As `qdq_key`, with the connected ops named by target instead of node name.
+
+    QAT's conv-bn fold replaces the conv with a new node (torchao names it
+    `conv2d_2`, another implementation may not), and node names are no part
+    of the contract.  Placeholders keep their names, which export fixes.
+    Records sharing a key are paired in graph order.
+    """
+    describe = _describe_structurally
+    return (
+        location,
+        target_name(node.target),
+        _producer_key(owner, node, describe),
+        _consumer_names(node, describe),
+    )
+
+
+def _describe_structurally(node: Node) -> str:
+    if node.op == "call_function":
+        return target_name(node.target)
+    if node.op == "call_module":
+        return f"module {node.target}"
+    return node.name
+
+
+def _node_name(node: Node) -> str:
+    return node.name
+
+
+def _producer_key(
+    owner: GraphModule, node: Node, describe: Callable[[Node], str] = _node_name
+) -> tuple[Any, ...]:
     source = node.args[0] if node.args else None
     while isinstance(source, Node) and is_qdq_node(source):
         source = source.args[0] if source.args else None
@@ -187,7 +220,7 @@ def _producer_key(owner: GraphModule, node: Node) -> tuple[Any, ...]:
         value = _fetch_attr(owner, source.target)
         if isinstance(value, torch.Tensor):
             return ("constant", *_tensor_fingerprint(value))
-    return ("node", source.name)
+    return ("node", describe(source))
 
 
 def _tensor_fingerprint(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], str]:
@@ -195,7 +228,7 @@ def _tensor_fingerprint(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], str
     return str(tensor.dtype), tuple(tensor.shape), hashlib.sha1(raw.numpy().tobytes()).hexdigest()
 
 
-def _consumer_names(node: Node) -> tuple[str, ...]:
+def _consumer_names(node: Node, describe: Callable[[Node], str] = _node_name) -> tuple[str, ...]:
     names: set[str] = set()
     seen: set[Node] = set()
     stack = list(node.users)
@@ -207,16 +240,18 @@ def _consumer_names(node: Node) -> tuple[str, ...]:
         if is_qdq_node(user):
             stack.extend(user.users)
         else:
-            names.add(user.name)
+            names.add(describe(user))
     return tuple(sorted(names))
 
 
-def qdq_params_by_key(gm: GraphModule) -> dict[QDQKey, list[QParamRecord]]:
-    """Records of every Q/DQ/choose_qparams node grouped by `qdq_key`, graph order within a group."""
+def qdq_params_by_key(
+    gm: GraphModule, key: Callable[[str, GraphModule, Node], QDQKey] = qdq_key
+) -> dict[QDQKey, list[QParamRecord]]:
+    """Records of every Q/DQ/choose_qparams node grouped by `key`, graph order within a group."""
     groups: dict[QDQKey, list[QParamRecord]] = {}
     for location, owner, node in walk_nodes(gm):
         if is_qdq_node(node):
-            groups.setdefault(qdq_key(location, owner, node), []).append(_record(location, owner, node))
+            groups.setdefault(key(location, owner, node), []).append(_record(location, owner, node))
     return groups
 
 
@@ -472,13 +507,21 @@ def quantized_differences(
 ) -> list[str]:
     """Every way `ours` differs from `reference`, as report lines (empty if none).
 
-    `qparam_matching` pairs Q/DQ records by `qdq_key` ("key") or by position
-    in graph order ("graph-order").
+    `qparam_matching` pairs Q/DQ records by `qdq_key` ("key"), by
+    `qdq_structural_key` ("structure") or by position in graph order
+    ("graph-order").
     """
     if qparam_matching == "key":
         qparams = (
             "Q/DQ parameters differ (matched by what they connect):",
             _keyed_qparam_differences(qdq_params_by_key(ours), qdq_params_by_key(reference)),
+        )
+    elif qparam_matching == "structure":
+        qparams = (
+            "Q/DQ parameters differ (matched by the ops they connect):",
+            _keyed_qparam_differences(
+                qdq_params_by_key(ours, qdq_structural_key), qdq_params_by_key(reference, qdq_structural_key)
+            ),
         )
     elif qparam_matching == "graph-order":
         qparams = (
@@ -486,7 +529,9 @@ def quantized_differences(
             _qparam_differences(qdq_params(ours), qdq_params(reference)),
         )
     else:
-        raise ValueError(f"qparam_matching must be 'key' or 'graph-order', got {qparam_matching!r}")
+        raise ValueError(
+            f"qparam_matching must be 'key', 'structure' or 'graph-order', got {qparam_matching!r}"
+        )
     report = []
     sections = (
         (
@@ -515,7 +560,8 @@ def assert_same_quantized(
 ) -> None:
     """Assert `ours` matches torchao's `reference` in ops, qparams and outputs.
 
-    Q/DQ records are matched by `qdq_key` unless `qparam_matching="graph-order"`.
+    Q/DQ records are matched by `qdq_key` unless `qparam_matching` says
+    "structure" (`qdq_structural_key`) or "graph-order".
     """
     report = quantized_differences(ours, reference, example_inputs, qparam_matching)
     if report:

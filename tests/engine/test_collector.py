@@ -1,0 +1,54 @@
+"""A run spares the garbage collector the caller's objects, and leaves its settings as it found them."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from pipeline.collector import spared
+
+
+@pytest.fixture
+def collector_settings():
+    thresholds, enabled = gc.get_threshold(), gc.isenabled()
+    yield thresholds
+    gc.set_threshold(*thresholds)
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def test_inside_the_block_old_objects_are_frozen_and_young_collections_are_rarer(collector_settings):
+    gc.set_threshold(700, 10, 10)
+    existing = [object() for _ in range(10)]
+    with spared():
+        assert gc.get_freeze_count() >= len(existing)
+        assert gc.get_threshold()[0] > 700
+        assert gc.get_threshold()[1:] == (10, 10)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_settings_come_back_when_the_block_raises(collector_settings):
+    gc.set_threshold(500, 7, 3)
+    with pytest.raises(RuntimeError), spared():
+        raise RuntimeError("stage failed")
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == (500, 7, 3)
+
+
+def test_a_caller_who_disabled_the_collector_is_left_alone(collector_settings):
+    gc.disable()
+    gc.set_threshold(900, 10, 10)
+    with spared():
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (900, 10, 10)
+    assert not gc.isenabled()
+
+
+def test_a_higher_threshold_of_the_caller_is_kept(collector_settings):
+    gc.set_threshold(1_000_000, 10, 10)
+    with spared():
+        assert gc.get_threshold()[0] == 1_000_000
