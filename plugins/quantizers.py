@@ -1,10 +1,12 @@
-"""The quantizers offered by name: the project's own, and torchao's X86 Inductor quantizer.
+"""The quantizers offered by name: the project's own, torchao's X86 Inductor quantizer, and
+ExecuTorch's XNNPACK quantizer when ExecuTorch is installed.
 
 Each factory takes the options a command line can pass (``--option per_channel=false``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from pipeline import Factory
@@ -28,6 +30,17 @@ def x86_inductor(dynamic: bool = False, qat: bool = False) -> Any:
     return X86InductorQuantizer().set_global(config)
 
 
+def xnnpack(per_channel: bool = True, dynamic: bool = False, qat: bool = False) -> Any:
+    """ExecuTorch's XNNPACKQuantizer with its symmetric configuration."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic, is_qat=qat)
+    return XNNPACKQuantizer().set_global(config)
+
+
 QUANTIZERS = (
     Factory(
         "symmetric",
@@ -49,3 +62,17 @@ QUANTIZERS = (
         },
     ),
 )
+
+if importlib.util.find_spec("executorch") is not None:
+    QUANTIZERS += (
+        Factory(
+            "xnnpack",
+            xnnpack,
+            "ExecuTorch's XNNPACKQuantizer (symmetric config): int8 weights and activations, for XNNPACK",
+            {
+                "per_channel": "quantize weights per output channel (default true) or per tensor",
+                "dynamic": "quantize activations at run time",
+                "qat": "fake-quantize for quantization-aware training",
+            },
+        ),
+    )

@@ -10,6 +10,7 @@ with ``weights_only=True``, so a file cannot run code).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -40,14 +41,27 @@ def load_model(
     raise InputError(f"cannot read a model from {source!r}: give a .pt2 file or package.module:factory")
 
 
-def _load_program(path: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
-    """Plugins are loaded by now, so the operator libraries a saved program uses are registered."""
+def read_program(path: str) -> torch.export.ExportedProgram:
+    """``torch.export.load``, failing with one message; torch's logged traceback is held back.
+
+    (``--debug`` shows the traceback of the error itself.)
+    """
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        program = torch.export.load(path)
+        return torch.export.load(path)
     except FileNotFoundError as error:
         raise InputError(f"no such file: {path}") from error
     except Exception as error:
         raise InputError(f"{path} is not a torch.export program: {type(error).__name__}: {error}") from error
+    finally:
+        logger.setLevel(level)
+
+
+def _load_program(path: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
+    """Plugins are loaded by now, so the operator libraries a saved program uses are registered."""
+    program = read_program(path)
     example = program.example_inputs
     if example is None:
         raise InputError(f"{path} holds no example inputs; save it with torch.export.save after export")

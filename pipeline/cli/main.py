@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from pipeline.cli.changes import diff
 from pipeline.cli.inspect import audit, stages
 from pipeline.cli.quantize import quantize
 
@@ -27,3 +28,4 @@ def main(ctx: click.Context, debug: bool) -> None:
 main.add_command(quantize)
 main.add_command(stages)
 main.add_command(audit)
+main.add_command(diff)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.audit.sinks import JsonLinesSink
+from pipeline.cli.changes import PrintAfterChange
 from pipeline.cli.errors import reported_errors
 from pipeline.cli.inputs import InputError, calibration_batches, load_model, parse_options
 from pipeline.cli.inspect import no_plugins_option, plugin_filters, plugins_option
@@ -82,6 +83,13 @@ from pipeline.report import COLUMNS, RunResult
 @click.option(
     "--bisect", type=click.IntRange(min=0), metavar="N", help="Run only the first N optional stages."
 )
+@click.option(
+    "--print-after-change",
+    "print_after",
+    multiple=True,
+    metavar="STAGE",
+    help="After this stage (repeatable; 'all' for every stage), print what it changed as a graph diff.",
+)
 @plugins_option
 @no_plugins_option
 @click.pass_context
@@ -98,6 +106,7 @@ def quantize(
     stop_after: str | None,
     skip: tuple[str, ...],
     bisect: int | None,
+    print_after: tuple[str, ...],
     plugins_spec: str | None,
     no_plugins: bool,
 ) -> None:
@@ -133,6 +142,7 @@ def quantize(
                 quantizer=quantizer,
                 calibration=batches,
                 progress=lambda done, total: progress.update(task, completed=done),
+                instrumentations=_printers(pipeline, print_after, progress.console),
             )
         written = _save(result, example, output)
     console.print(_report_table(result))
@@ -140,6 +150,23 @@ def quantize(
     if written:
         console.print(f"quantized program: {output}")
     console.print(f"audit log: {audit_path}  (read it with `pt2e-pipeline audit {audit_path}`)")
+
+
+def _printers(pipeline: Pipeline, stages: tuple[str, ...], console: Console) -> list[PrintAfterChange]:
+    if not stages:
+        return []
+    known = [row["stage"] for row in pipeline.plan.describe()]
+    unknown = sorted(set(stages) - {"all", *known})
+    if unknown:
+        raise InputError(
+            f"--print-after-change: no stage named {', '.join(map(repr, unknown))}; "
+            f"the stages: all, {', '.join(known)}"
+        )
+
+    def write(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    return [PrintAfterChange(stages, write)]
 
 
 def _progress(console: Console) -> Progress:

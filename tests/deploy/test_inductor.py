@@ -21,7 +21,7 @@ class ConvLinear(torch.nn.Module):
         return self.linear(x.mean((2, 3)))
 
 
-def test_inductor_with_freezing_lowers_to_onednn_int8_kernels_and_matches_the_qdq_graph(monkeypatch):
+def test_inductor_with_freezing_lowers_to_onednn_int8_kernels_and_matches_the_qdq_graph():
     torch.manual_seed(0)
     model = ConvLinear().eval()
     inputs = (torch.randn(2, 3, 8, 8),)
@@ -29,10 +29,10 @@ def test_inductor_with_freezing_lowers_to_onednn_int8_kernels_and_matches_the_qd
     quantized = quantize(model, inputs, quantizer=x86_inductor(), calibration=calibration).graph_module
     with torch.no_grad():
         expected = quantized(*inputs)
-    monkeypatch.setattr(inductor_config, "freezing", True)
     torch._dynamo.reset()
-    with torch.no_grad():
+    with inductor_config.patch(freezing=True), torch.no_grad():
         got, sources = run_and_get_code(torch.compile(quantized), *inputs)
+    torch._dynamo.reset()
     code = "\n".join(sources)
     assert "onednn.qconv_pointwise" in code
     assert "onednn.qlinear_pointwise" in code
