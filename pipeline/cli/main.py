@@ -9,6 +9,7 @@ import click
 from pipeline.cli.changes import diff
 from pipeline.cli.inspect import audit, stages
 from pipeline.cli.quantize import quantize
+from pipeline.cli.replay import replay
 
 NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
 """Loggers that warn at import about optional CUDA kernels and deprecations, harmless on CPU."""
@@ -29,3 +30,4 @@ main.add_command(quantize)
 main.add_command(stages)
 main.add_command(audit)
 main.add_command(diff)
+main.add_command(replay)

@@ -5,20 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 import torch
+import torch.fx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.audit.sinks import JsonLinesSink
+from pipeline.cli import reproducer
 from pipeline.cli.changes import PrintAfterChange
 from pipeline.cli.errors import reported_errors
 from pipeline.cli.inputs import InputError, calibration_batches, load_model, parse_options
 from pipeline.cli.inspect import no_plugins_option, plugin_filters, plugins_option
+from pipeline.cli.reproducer import Invocation
 from pipeline.engine import Pipeline
+from pipeline.errors import PipelineError, StageFailedError
 from pipeline.options import CHECK_MODES
 from pipeline.report import COLUMNS, RunResult
 
@@ -90,6 +96,12 @@ from pipeline.report import COLUMNS, RunResult
     metavar="STAGE",
     help="After this stage (repeatable; 'all' for every stage), print what it changed as a graph diff.",
 )
+@click.option(
+    "--reproducer",
+    "reproducer_dir",
+    type=click.Path(file_okay=False),
+    help="Where a failed run writes its reproducer (default: OUTPUT with .repro).",
+)
 @plugins_option
 @no_plugins_option
 @click.pass_context
@@ -107,6 +119,7 @@ def quantize(
     skip: tuple[str, ...],
     bisect: int | None,
     print_after: tuple[str, ...],
+    reproducer_dir: str | None,
     plugins_spec: str | None,
     no_plugins: bool,
 ) -> None:
@@ -115,41 +128,112 @@ def quantize(
     With no SOURCE, quantizes the built-in demo model.
     """
     console = Console()
-    audit_path = audit_path or os.path.splitext(output)[0] + ".audit.jsonl"
+    stem = os.path.splitext(output)[0]
+    audit_path = audit_path or stem + ".audit.jsonl"
+    invocation = Invocation(
+        quantizer_name,
+        options,
+        check,
+        skip,
+        stop_after,
+        bisect,
+        plugins_spec,
+        no_plugins,
+        source,
+        model_name,
+    )
     sink = JsonLinesSink(audit_path, mode="w")
     with reported_errors(ctx), contextlib.closing(sink):
-        pipeline = Pipeline.default(
-            **plugin_filters(plugins_spec, no_plugins),
-            check=check,
-            skip=skip,
-            stop_after=stop_after,
-            bisect=bisect,
-            audit=sink,
-        )
+        pipeline = pipeline_for(invocation, audit=sink)
         model, example, origin = load_model(source, model_name, pipeline.registry)
-        factory = pipeline.registry.factory("quantizer", quantizer_name)
-        try:
-            quantizer = factory.item(**parse_options(options))
-        except (TypeError, ValueError) as error:
-            raise InputError(f"quantizer {quantizer_name!r}: {error}") from error
         batches = calibration_batches(calibration, example)
-        console.print(f"quantizing {origin} with {quantizer_name} ({factory.plugin})")
-        with _progress(console) as progress:
-            task = progress.add_task("calibrating", total=len(batches))
-            result = pipeline.run(
-                model,
-                example,
-                quantizer=quantizer,
-                calibration=batches,
-                progress=lambda done, total: progress.update(task, completed=done),
-                instrumentations=_printers(pipeline, print_after, progress.console),
+        offered_by = pipeline.registry.factory("quantizer", quantizer_name).plugin
+        console.print(f"quantizing {origin} with {quantizer_name} ({offered_by})")
+        try:
+            result = run_invocation(invocation, pipeline, model, example, batches, console, print_after)
+        except StageFailedError as failure:
+            sink.flush()
+            directory = Path(reproducer_dir or stem + ".repro")
+            before = _graph_before(invocation, pipeline, failure.stage, model, example, batches)
+            reproducer.write(
+                directory, invocation, pipeline, model, example, batches, failure, audit_path, before
             )
+            raise PipelineError(
+                f"{failure}\nreproducer: {directory} (run it again with `pt2e-pipeline replay {directory}`)"
+            ) from failure
         written = _save(result, example, output)
     console.print(_report_table(result))
     console.print(_op_summary(result))
     if written:
         console.print(f"quantized program: {output}")
     console.print(f"audit log: {audit_path}  (read it with `pt2e-pipeline audit {audit_path}`)")
+
+
+def pipeline_for(invocation: Invocation, audit: Any = None) -> Pipeline:
+    """The pipeline ``invocation`` asks for, writing its audit trail to ``audit``."""
+    return Pipeline.default(
+        **plugin_filters(invocation.plugins, invocation.no_plugins),
+        check=invocation.check,
+        skip=invocation.skip,
+        stop_after=invocation.stop_after,
+        bisect=invocation.bisect,
+        audit=audit,
+    )
+
+
+def run_invocation(
+    invocation: Invocation,
+    pipeline: Pipeline,
+    model: torch.nn.Module,
+    example: tuple[Any, ...],
+    batches: list[tuple[Any, ...]],
+    console: Console,
+    print_after: tuple[str, ...] = (),
+) -> RunResult:
+    """One whole run of ``pipeline`` as ``invocation`` says, with a progress bar over calibration."""
+    factory = pipeline.registry.factory("quantizer", invocation.quantizer)
+    options = parse_options(invocation.options)
+    if options.get("qat"):
+        raise InputError(
+            "quantization-aware training needs a training loop, which the command line does not run: "
+            "use pipeline.pt2e.prepare_qat_pt2e from Python, train, then convert_pt2e"
+        )
+    try:
+        quantizer = factory.item(**options)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"quantizer {invocation.quantizer!r}: {error}") from error
+    with _progress(console) as progress:
+        task = progress.add_task("calibrating", total=len(batches))
+        return pipeline.run(
+            model,
+            example,
+            quantizer=quantizer,
+            calibration=batches,
+            progress=lambda done, total: progress.update(task, completed=done),
+            instrumentations=_printers(pipeline, print_after, progress.console),
+        )
+
+
+def _graph_before(
+    invocation: Invocation,
+    pipeline: Pipeline,
+    stage: str,
+    model: torch.nn.Module,
+    example: tuple[Any, ...],
+    batches: list[tuple[Any, ...]],
+) -> torch.fx.GraphModule | None:
+    """The graph as it entered ``stage``: the same run again, stopped just before it."""
+    names = [row["stage"] for row in pipeline.plan.describe()]
+    if stage not in names or names.index(stage) == 0:
+        return None
+    earlier = attrs.evolve(invocation, stop_after=names[names.index(stage) - 1])
+    try:
+        result = run_invocation(
+            earlier, pipeline_for(earlier, audit=False), model, example, batches, Console(quiet=True)
+        )
+    except PipelineError:
+        return None
+    return result.graph_module
 
 
 def _printers(pipeline: Pipeline, stages: tuple[str, ...], console: Console) -> list[PrintAfterChange]:

@@ -151,3 +151,9 @@ def test_diff_of_a_file_that_is_no_program_is_one_clear_error(tmp_path):
         result.output.strip()
         == f"error: {junk} is not a torch.export program: BadZipFile: File is not a zip file"
     )
+
+
+def test_qat_is_refused_by_the_command_line_with_the_way_to_do_it():
+    result = CliRunner().invoke(main, ["quantize", "--option", "qat=true"])
+    assert result.exit_code == 1
+    assert "use pipeline.pt2e.prepare_qat_pt2e from Python, train, then convert_pt2e" in result.output
