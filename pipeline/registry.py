@@ -77,13 +77,17 @@ class Registry:
         allowed = None if allow is None else frozenset(allow)
         denied = frozenset(deny)
         loaded: list[tuple[object, PluginInfo]] = []
-        for entry_point in _entry_points():
-            distribution = entry_point.dist
-            info = PluginInfo(
-                name=entry_point.name,
-                distribution=distribution.name if distribution is not None else None,
-                version=distribution.version if distribution is not None else None,
+        found = [(entry_point, _info(entry_point)) for entry_point in _entry_points()]
+        unknown = sorted(
+            name for name in allowed or () if not any(matches(info, frozenset({name})) for _, info in found)
+        )
+        if unknown:
+            installed = ", ".join(sorted(str(info) for _, info in found)) or "none"
+            raise PluginError(
+                f"allow names no installed plugin or distribution: {', '.join(map(repr, unknown))}; "
+                f"installed: {installed}"
             )
+        for entry_point, info in found:
             if allowed is not None and not matches(info, allowed):
                 continue
             if matches(info, denied):
@@ -164,3 +168,12 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     found = importlib.metadata.entry_points(group=hookspecs.PROJECT)
     unique = {(ep.dist.name if ep.dist else "", ep.name, ep.value): ep for ep in found}
     return [unique[key] for key in sorted(unique)]
+
+
+def _info(entry_point: Any) -> PluginInfo:
+    distribution = entry_point.dist
+    return PluginInfo(
+        name=entry_point.name,
+        distribution=distribution.name if distribution is not None else None,
+        version=distribution.version if distribution is not None else None,
+    )

@@ -145,6 +145,7 @@ def quantize(
     sink = JsonLinesSink(audit_path, mode="w")
     with reported_errors(ctx), contextlib.closing(sink):
         pipeline = pipeline_for(invocation, audit=sink)
+        parse_options(options)
         model, example, origin = load_model(source, model_name, pipeline.registry)
         batches = calibration_batches(calibration, example)
         offered_by = pipeline.registry.factory("quantizer", quantizer_name).plugin

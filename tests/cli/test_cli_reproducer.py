@@ -74,16 +74,23 @@ def test_a_failed_stage_writes_a_reproducer_naming_it(tmp_path, broken_factory):
     assert torch.export.load(directory / "model.pt2").example_inputs[0][1].shape == (4, 3, 3, 3)
 
 
-def test_replay_reproduces_the_failure_and_says_so(tmp_path, broken_factory):
-    run(
+def failed_run(tmp_path, factory: str):
+    """A quantize run that fails in fold-bn, its reproducer in ``tmp_path / "r"``."""
+    result = run(
         "quantize",
-        broken_factory,
+        factory,
         "--no-plugins",
         "-o",
         str(tmp_path / "m.pt2"),
         "--reproducer",
         str(tmp_path / "r"),
     )
+    assert result.exit_code == 1
+    return tmp_path / "r"
+
+
+def test_replay_reproduces_the_failure_and_says_so(tmp_path, broken_factory):
+    failed_run(tmp_path, broken_factory)
     result = run("replay", str(tmp_path / "r"))
     assert result.exit_code == 1
     assert "replaying" in result.output and "stage 'fold-bn' failed with:" in result.output
@@ -92,15 +99,7 @@ def test_replay_reproduces_the_failure_and_says_so(tmp_path, broken_factory):
 
 
 def test_replay_after_a_fix_says_the_failure_is_gone(tmp_path, broken_factory):
-    run(
-        "quantize",
-        broken_factory,
-        "--no-plugins",
-        "-o",
-        str(tmp_path / "m.pt2"),
-        "--reproducer",
-        str(tmp_path / "r"),
-    )
+    failed_run(tmp_path, broken_factory)
     invocation = tmp_path / "r" / "invocation.json"
     record = json.loads(invocation.read_text())
     invocation.write_text(json.dumps({**record, "skip": ["fold-bn"]}))
