@@ -51,8 +51,8 @@ def no_new_dangling_nodes(before: GraphSnapshot, after: GraphSnapshot) -> Iterat
 def generates_code(
     graph_module: torch.fx.GraphModule,
     changed: set[str],
-    before: GraphSnapshot | None = None,
-    after: GraphSnapshot | None = None,
+    before: GraphSnapshot,
+    after: GraphSnapshot,
 ) -> Iterator[Violation]:
     """Every changed graph still generates Python code; a graph that does not is a violation.
 
@@ -66,7 +66,7 @@ def generates_code(
     for path, module in graph_modules(graph_module):
         if path not in changed:
             continue
-        if before is not None and after is not None and _only_emitting_changes(path, module, before, after):
+        if _only_emitting_changes(path, module, before, after):
             compilation.defer(module)
             continue
         try:

@@ -5,7 +5,7 @@ After convert, the weight fake-quant of a simulated layer (see
 scaled weight. Folding replaces the whole form with the layer alone: its
 weight and bias become the folded ones, the weight's quantize op reads the
 folded weight with the qparams it learned in training, and the batch norm's
-users read the layer. This is torchao's ``_fold_conv_bn_qat``, tensor for
+users read the layer. The result equals torchao's QAT convert tensor for
 tensor: the folded weights come from ``fuse_conv_bn_weights`` with the batch
 norm's eps (torchao's is always 1e-5, which is also the default), the
 quantize/dequantize arguments are the converted ones. torchao finds the forms

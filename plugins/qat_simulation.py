@@ -28,6 +28,7 @@ float32 always).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -400,22 +401,13 @@ def _reshaped_value(node: torch.fx.Node) -> FakeTensor | None:
         return None
     sizes = list(shape)
     if sizes.count(-1) == 1:
-        known = 1
-        for size in sizes:
-            known *= size if size != -1 else 1
+        known = math.prod(size for size in sizes if size != -1)
         if known == 0 or value.numel() % known:
             return None
         sizes[sizes.index(-1)] = value.numel() // known
-    if any(size < 0 for size in sizes) or _product(sizes) != value.numel():
+    if any(size < 0 for size in sizes) or math.prod(sizes) != value.numel():
         return None
     meta = torch.empty(sizes, dtype=value.dtype, device="meta")
     reshaped = value.fake_mode.fake_tensor_converter.from_meta_and_device(value.fake_mode, meta, value.device)
     reshaped.requires_grad_(value.requires_grad)
     return reshaped
-
-
-def _product(sizes: Sequence[int]) -> int:
-    total = 1
-    for size in sizes:
-        total *= size
-    return total

@@ -145,13 +145,13 @@ def quantize(
     sink = JsonLinesSink(audit_path, mode="w")
     with reported_errors(ctx), contextlib.closing(sink):
         pipeline = pipeline_for(invocation, audit=sink)
-        parse_options(options)
+        quantizer = quantizer_for(invocation, pipeline)
         model, example, origin = load_model(source, model_name, pipeline.registry)
         batches = calibration_batches(calibration, example)
         offered_by = pipeline.registry.factory("quantizer", quantizer_name).plugin
         console.print(f"quantizing {origin} with {quantizer_name} ({offered_by})")
         try:
-            result = run_invocation(invocation, pipeline, model, example, batches, console, print_after)
+            result = run_invocation(pipeline, quantizer, model, example, batches, console, print_after)
         except StageFailedError as failure:
             sink.flush()
             directory = Path(reproducer_dir or stem + ".repro")
@@ -182,16 +182,8 @@ def pipeline_for(invocation: Invocation, audit: Any = None) -> Pipeline:
     )
 
 
-def run_invocation(
-    invocation: Invocation,
-    pipeline: Pipeline,
-    model: torch.nn.Module,
-    example: tuple[Any, ...],
-    batches: list[tuple[Any, ...]],
-    console: Console,
-    print_after: tuple[str, ...] = (),
-) -> RunResult:
-    """One whole run of ``pipeline`` as ``invocation`` says, with a progress bar over calibration."""
+def quantizer_for(invocation: Invocation, pipeline: Pipeline) -> Any:
+    """A new quantizer as ``invocation`` names it (quantizers keep state: one per run)."""
     factory = pipeline.registry.factory("quantizer", invocation.quantizer)
     options = parse_options(invocation.options)
     if options.get("qat"):
@@ -200,9 +192,21 @@ def run_invocation(
             "use pipeline.pt2e.prepare_qat_pt2e from Python, train, then convert_pt2e"
         )
     try:
-        quantizer = factory.item(**options)
+        return factory.item(**options)
     except (TypeError, ValueError) as error:
         raise InputError(f"quantizer {invocation.quantizer!r}: {error}") from error
+
+
+def run_invocation(
+    pipeline: Pipeline,
+    quantizer: Any,
+    model: torch.nn.Module,
+    example: tuple[Any, ...],
+    batches: list[tuple[Any, ...]],
+    console: Console,
+    print_after: tuple[str, ...] = (),
+) -> RunResult:
+    """One whole run of ``pipeline`` with ``quantizer``, with a progress bar over calibration."""
     with _progress(console) as progress:
         task = progress.add_task("calibrating", total=len(batches))
         return pipeline.run(
@@ -228,9 +232,10 @@ def _graph_before(
     if stage not in names or names.index(stage) == 0:
         return None
     earlier = attrs.evolve(invocation, stop_after=names[names.index(stage) - 1])
+    pipeline = pipeline_for(earlier, audit=False)
     try:
         result = run_invocation(
-            earlier, pipeline_for(earlier, audit=False), model, example, batches, Console(quiet=True)
+            pipeline, quantizer_for(earlier, pipeline), model, example, batches, Console(quiet=True)
         )
     except PipelineError:
         return None

@@ -10,7 +10,7 @@ from rich.console import Console
 from pipeline.cli import reproducer
 from pipeline.cli.errors import reported_errors
 from pipeline.cli.inputs import load_model
-from pipeline.cli.quantize import pipeline_for, run_invocation
+from pipeline.cli.quantize import pipeline_for, quantizer_for, run_invocation
 from pipeline.errors import PipelineError, StageFailedError
 
 
@@ -32,7 +32,9 @@ def replay(ctx: click.Context, directory: str) -> None:
             model, example, _ = load_model(invocation.source, invocation.model, pipeline.registry)
         console.print(f"replaying {directory}: stage {found.failed_stage!r} failed with:\n{found.error}")
         try:
-            run_invocation(invocation, pipeline, model, example, found.batches, console)
+            run_invocation(
+                pipeline, quantizer_for(invocation, pipeline), model, example, found.batches, console
+            )
         except StageFailedError as failure:
             same = "the same stage" if failure.stage == found.failed_stage else f"stage {failure.stage!r}"
             raise PipelineError(f"reproduced: {same} failed again: {failure}") from failure
