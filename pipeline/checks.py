@@ -11,7 +11,7 @@ in its own right.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch.fx
@@ -24,7 +24,7 @@ from pipeline.instrumentation import Instrumentation
 from pipeline.naming import describe_node, user_frame
 from pipeline.options import CheckMode
 from pipeline.plugin_info import Provided
-from pipeline.snapshot import identity_signature
+from pipeline.signature import IdentitySignature
 
 if TYPE_CHECKING:
     from pipeline.run_state import RunState
@@ -63,12 +63,15 @@ class Checker(Instrumentation):
             return
         self._holding = set()
         graph_module = step.ctx.graph_module
-        if step.changed and graph_module is not None and step.before is not None and step.after is not None:
-            found = list(invariants.lint(graph_module))
+        rebuilt = step.changed_graphs
+        if rebuilt and graph_module is not None and step.before is not None and step.after is not None:
+            found = list(invariants.lint(graph_module, rebuilt))
             if found:
                 self._report(step, "graph-lint", "invariant", found)
             found = (
-                list(invariants.no_new_dangling_nodes(step.before, step.after)) if step.before.exists else []
+                list(invariants.no_new_dangling_nodes(step.before, step.after, rebuilt))
+                if step.before.exists
+                else []
             )
             if found:
                 self._report(step, "no-dangling-nodes", "invariant", found)
@@ -80,34 +83,41 @@ class Checker(Instrumentation):
 
     def _check_all(
         self, names: Sequence[str], step: StageRun, *, before: bool
-    ) -> Iterator[tuple[str, list[Violation]]]:
-        """Check each condition in turn; the signature after one check is the one before the next.
+    ) -> list[tuple[str, list[Violation]]]:
+        """Check the conditions, then prove with one signature that none of them changed the graph.
 
         The checker is the innermost instrumentation: after a stage it runs first,
-        so the runner's signature of the stage's result is its starting point;
-        before a stage it runs last, so its final signature is the runner's
-        starting point.
+        so the runner's signature of the stage's result (when it took one) is its
+        starting point; before a stage it runs last, so its final signature is
+        the runner's starting point. When every instrumentation only reads, the
+        runner carries the signature the last stage's checks ended with to the
+        next stage's, since nothing can have changed in between.
         """
         if not names:
-            return
+            return []
         graph_module = step.ctx.graph_module
-        known = None if before else step.after_signature
-        signature = identity_signature(graph_module) if known is None else known
-        for name in names:
-            violations = self._check(name, graph_module, step)
-            after = identity_signature(graph_module)
-            if after != signature:
-                provided = self._conditions[name]
-                raise StageFailedError(
-                    f"condition {name!r} (plugin {provided.plugin}) changed the graph while checking it "
-                    f"around stage {step.stage.name!r}; a condition's check must only read",
-                    stage=step.stage.name,
-                    plugin=step.plugin.name,
-                )
-            signature = after
-            if before:
-                step.before_signature = signature
-            yield name, violations
+        known = step.before_signature if before else step.after_signature
+        start = IdentitySignature.of(graph_module) if known is None else known
+        if not before:
+            step.after_signature = start
+        results = [(name, self._check(name, graph_module, step)) for name in names]
+        end = IdentitySignature.of(graph_module)
+        if end != start:
+            raise StageFailedError(
+                f"{self._describe_checkers(names)} changed the graph while checking it around stage "
+                f"{step.stage.name!r}; a condition's check must only read",
+                stage=step.stage.name,
+                plugin=step.plugin.name,
+            )
+        if before:
+            step.before_signature = end
+        return results
+
+    def _describe_checkers(self, names: Sequence[str]) -> str:
+        described = [f"{name!r} (plugin {self._conditions[name].plugin})" for name in names]
+        if len(described) == 1:
+            return f"condition {described[0]}"
+        return "one of the conditions " + ", ".join(described)
 
     def _check(self, name: str, graph_module: torch.fx.GraphModule | None, step: StageRun) -> list[Violation]:
         provided = self._conditions[name]

@@ -7,7 +7,7 @@ Python code, so later stages and the caller can run it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch.fx
 
@@ -16,22 +16,30 @@ from pipeline.condition import Violation
 from pipeline.snapshot import GraphSnapshot, graph_modules, same_arguments
 
 
-def lint(graph_module: torch.fx.GraphModule) -> Iterator[Violation]:
-    """``graph.lint()`` of every graph: topological order, node ownership, targets that exist."""
+def lint(graph_module: torch.fx.GraphModule, paths: Collection[str] | None = None) -> Iterator[Violation]:
+    """``graph.lint()`` of every graph (or of those at ``paths``): topological order, node ownership,
+    targets that exist."""
     for path, module in graph_modules(graph_module):
+        if paths is not None and path not in paths:
+            continue
         try:
             module.graph.lint()
         except Exception as error:
             yield Violation(f"graph.lint() failed: {error}", graph=path)
 
 
-def no_new_dangling_nodes(before: GraphSnapshot, after: GraphSnapshot) -> Iterator[Violation]:
+def no_new_dangling_nodes(
+    before: GraphSnapshot, after: GraphSnapshot, paths: Collection[str] | None = None
+) -> Iterator[Violation]:
     """No node the stage created, or whose users it took away, is left without users.
 
     Side-effecting nodes, placeholders and outputs may stand alone, and so may
-    anything in a graph the stage produced from nothing (a capture).
+    anything in a graph the stage produced from nothing (a capture). Only the
+    graphs at ``paths`` are looked at, when given: those whose wiring changed.
     """
     for path, records in after.graphs.items():
+        if paths is not None and path not in paths:
+            continue
         previous = before.graphs.get(path, {})
         for node, record in records.items():
             if record.users or node.op in ("placeholder", "output"):

@@ -18,7 +18,7 @@ import torch.fx
 
 from pipeline.errors import PipelineError, StageFailedError
 from pipeline.instrumentation import Instrumentation
-from pipeline.snapshot import identity_signature
+from pipeline.signature import IdentitySignature
 
 if TYPE_CHECKING:
     from pipeline.run_state import RunState
@@ -54,7 +54,7 @@ class CallerGuard(Instrumentation):
     def __init__(self, model: object) -> None:
         self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._graph: torch.fx.GraphModule | None = None
-        self._signature: list[tuple[object, ...]] = []
+        self._signature = IdentitySignature.of(None)
         if isinstance(model, torch.nn.Module):
             for name, tensor in _owned_tensors(model).items():
                 version = _version(tensor)
@@ -62,7 +62,7 @@ class CallerGuard(Instrumentation):
                     self._versions[name] = (tensor, version)
         if isinstance(model, torch.fx.GraphModule):
             self._graph = model
-            self._signature = identity_signature(model)
+            self._signature = IdentitySignature.of(model)
 
     def after_stage(self, step: StageRun) -> None:
         written = sorted(
@@ -84,7 +84,7 @@ class CallerGuard(Instrumentation):
     def run_finished(self, run: RunState, error: BaseException | None) -> None:
         if self._graph is None:
             return
-        if identity_signature(self._graph) != self._signature:
+        if IdentitySignature.of(self._graph) != self._signature:
             raise PipelineError(
                 "the run changed the caller's graph module (stages that ran: "
                 f"{', '.join(run.report.ran_names()) or 'none'}): a stage rewrote the caller's "

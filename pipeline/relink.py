@@ -28,6 +28,8 @@ def relink(
     by_name: Mapping[str, torch.fx.Node],
 ) -> Any:
     """``value`` with every node it references replaced by its copy (or its namesake in the copy)."""
+    if type(value) in _LEAVES:
+        return value
     if isinstance(value, torch.fx.Node):
         if value in copies:
             return copies[value]
@@ -49,7 +51,7 @@ def relink(
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
         return type(value)(items)
-    fields = _field_names(value)
+    fields = _field_names(type(value))
     if not fields:
         return value
     changed = {}
@@ -66,11 +68,21 @@ def relink(
     return rebuilt
 
 
-def _field_names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, type):
-        return ()
-    if dataclasses.is_dataclass(value):
-        return tuple(field.name for field in dataclasses.fields(value))
-    if attrs.has(type(value)):
-        return tuple(field.name for field in attrs.fields(type(value)))
-    return ()
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+_FIELDS_OF: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    """The fields of a dataclass or attrs class (none for anything else), worked out once per class."""
+    names = _FIELDS_OF.get(kind)
+    if names is None:
+        if dataclasses.is_dataclass(kind):
+            names = tuple(field.name for field in dataclasses.fields(kind))
+        elif attrs.has(kind):
+            names = tuple(field.name for field in attrs.fields(kind))
+        else:
+            names = ()
+        _FIELDS_OF[kind] = names
+    return names

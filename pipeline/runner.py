@@ -24,7 +24,9 @@ from pipeline.naming import describe_node
 from pipeline.plan import PlannedStage
 from pipeline.report import StageReport
 from pipeline.run_state import RunState
-from pipeline.snapshot import GraphSnapshot, identity_signature
+from pipeline.signature import IdentitySignature
+from pipeline.snapshot import GraphSnapshot
+from pipeline.stage import Stage
 from pipeline.stage_run import StageRun
 
 
@@ -36,7 +38,8 @@ class Runner:
         self._instrumentations = tuple(instrumentations)
         self._meta_fields = run.meta_fields
         self._only_readers = all(instrumentation.reads_only for instrumentation in self._instrumentations)
-        self._last: tuple[torch.fx.GraphModule | None, list[tuple[object, ...]], GraphSnapshot] | None = None
+        self._last: tuple[torch.fx.GraphModule | None, IdentitySignature | None, GraphSnapshot] | None = None
+        self._carried: IdentitySignature | None = None
 
     def execute(self, stages: Sequence[PlannedStage]) -> None:
         """Run ``stages`` in order, honouring skip, bisect and stop-after."""
@@ -55,6 +58,8 @@ class Runner:
                     if stopped
                     else run.options.skip_reason(planned.bisect_number, planned.name, planned.stage.required)
                 )
+                if reason is None:
+                    reason = self._nothing_to_do(step)
                 if reason is not None:
                     self._skip(step, reason)
                     continue
@@ -77,6 +82,40 @@ class Runner:
         if late is not None and error is None:
             raise late
 
+    def _nothing_to_do(self, step: StageRun) -> str | None:
+        """The stage's own :meth:`~pipeline.Stage.skip_reason`, proven to have only read the graph."""
+        if type(step.stage).skip_reason is Stage.skip_reason:
+            return None
+        graph_module = self._run.ctx.graph_module
+        start = self._carried if self._carried is not None else IdentitySignature.of(graph_module)
+        self._run.ctx.current = step.planned
+        try:
+            reason = step.stage.skip_reason(self._run.ctx)
+        except Exception as raw:
+            error = _as_stage_failure(raw, step)
+            if error is raw:
+                raise
+            raise error from raw
+        finally:
+            self._run.ctx.current = None
+        end = IdentitySignature.of(graph_module)
+        if end != start or graph_module is not self._run.ctx.graph_module:
+            raise StageFailedError(
+                f"stage {step.stage.name!r} (plugin {step.plugin}) changed the graph in skip_reason(), "
+                f"which must only read",
+                stage=step.stage.name,
+                plugin=step.plugin.name,
+            )
+        self._carried = end if self._only_readers else None
+        if reason is not None and not isinstance(reason, str):
+            raise StageFailedError(
+                f"stage {step.stage.name!r} (plugin {step.plugin}) returned {reason!r} from "
+                f"skip_reason(); it must return a string or None",
+                stage=step.stage.name,
+                plugin=step.plugin.name,
+            )
+        return reason
+
     def _skip(self, step: StageRun, reason: str) -> None:
         self._run.skipped[step.stage.name] = reason
         self._run.report.stages.append(
@@ -88,6 +127,9 @@ class Runner:
     def _run_one(self, step: StageRun) -> None:
         ctx = self._run.ctx
         ctx.current = step.planned
+        if self._only_readers:
+            step.before_signature = self._carried
+        self._carried = None
         pending: list[Instrumentation] = []
         try:
             for instrumentation in self._instrumentations:
@@ -122,9 +164,10 @@ class Runner:
         finally:
             ctx.current = None
         self._record(step, "ran")
+        self._carried = step.after_signature if self._only_readers else None
 
     def _snapshot_before(
-        self, graph_module: torch.fx.GraphModule | None, signature: list[tuple[object, ...]] | None
+        self, graph_module: torch.fx.GraphModule | None, signature: IdentitySignature | None
     ) -> GraphSnapshot:
         """The previous stage's closing snapshot: nothing may touch the graph between stages.
 
@@ -137,7 +180,7 @@ class Runner:
         if last is None or last[0] is not graph_module:
             return GraphSnapshot.take(graph_module, self._meta_fields)
         if not self._only_readers:
-            current = identity_signature(graph_module) if signature is None else signature
+            current = IdentitySignature.of(graph_module) if signature is None else signature
             if current != last[1]:
                 names = ", ".join(type(i).__name__ for i in self._instrumentations if not i.reads_only)
                 raise PipelineError(
@@ -148,15 +191,17 @@ class Runner:
 
     def _snapshot_after(
         self, graph_module: torch.fx.GraphModule | None
-    ) -> tuple[GraphSnapshot, list[tuple[object, ...]]]:
+    ) -> tuple[GraphSnapshot, IdentitySignature | None]:
+        """The stage's result, and its signature when an instrumentation may write between stages."""
         snapshot = GraphSnapshot.take(graph_module, self._meta_fields)
-        signature = identity_signature(graph_module)
+        signature = None if self._only_readers else IdentitySignature.of(graph_module)
         self._last = (graph_module, signature, snapshot)
         return snapshot, signature
 
     def _verify(self, step: StageRun) -> None:
         assert step.before is not None and step.after is not None
         changed = step.before.changed_graphs(step.after)
+        step.changed_graphs = frozenset(changed)
         if not changed and step.before.same_metadata(step.after):
             self._keep_earlier_snapshot(step)
         elif step.declared_change is False:

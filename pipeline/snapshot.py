@@ -1,17 +1,17 @@
 """Snapshots of a graph module: what every node looked like at one moment.
 
-Two snapshots answer three questions the engine asks around every stage: did
-the graph change (the fingerprint), which nodes were added, removed, re-wired or
-re-targeted (the audit trail's structural diff), and did a condition check
-touch anything (it must not). One walk over the nodes serves all three.
+Two snapshots answer the questions the engine asks around every stage: did
+the graph change (the fingerprint), and which nodes were added, removed,
+re-wired or re-targeted (the audit trail's structural diff). One walk over the
+nodes serves both. (Whether a condition check touched anything is the cheaper
+question of :mod:`pipeline.signature`.)
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import operator
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import torch.fx
@@ -50,11 +50,30 @@ def readable_target(target: Any) -> str:
         return target_name(target)
 
 
-def graph_modules(root: torch.fx.GraphModule) -> Iterator[tuple[str, torch.fx.GraphModule]]:
-    """The graph module and every graph module nested in it, by qualified name (``""`` for root)."""
-    for path, module in root.named_modules(remove_duplicate=True):
+def graph_modules(root: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphModule]]:
+    """The graph module and every graph module nested in it, by qualified name (``""`` for root).
+
+    The order and the names are ``named_modules()``'s (each module once, under
+    the first name a depth-first walk meets). The engine asks several times
+    per stage, so the walk is a plain loop rather than nested generators.
+    """
+    found: list[tuple[str, torch.fx.GraphModule]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, torch.nn.Module]] = [("", root)]
+    while stack:
+        path, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         if isinstance(module, torch.fx.GraphModule):
-            yield path, module
+            found.append((path, module))
+        children = module._modules
+        if children:
+            prefix = path + "." if path else ""
+            stack.extend(
+                (prefix + name, child) for name, child in reversed(children.items()) if child is not None
+            )
+    return found
 
 
 class GraphSnapshot:
@@ -177,22 +196,3 @@ def same_arguments(old: Any, new: Any) -> bool:
         return bool(old == new)
     except RuntimeError:
         return False
-
-
-def identity_signature(graph_module: torch.fx.GraphModule | None) -> list[tuple[Any, ...]]:
-    """A cheap signature that changes when any node is added, removed, moved, re-wired,
-    re-targeted or renamed, or has a metadata value added, removed or reassigned.
-
-    Used to prove that a condition's check only read the graph. It compares
-    metadata values by identity, so it does not see a value mutated in place.
-    """
-    if graph_module is None:
-        return []
-    return [
-        (node, *_IDENTITY_FIELDS(node), *map(id, node.meta.values()))
-        for _, module in graph_modules(graph_module)
-        for node in module.graph.nodes
-    ]
-
-
-_IDENTITY_FIELDS = operator.attrgetter("name", "op", "target", "_args", "_kwargs")

@@ -36,7 +36,8 @@ class Stage:
 
     :meth:`run` receives the :class:`~pipeline.Context`. It returns ``False`` to
     declare that it left the graph as it found it (the engine verifies the
-    claim), or ``None``/``True`` otherwise.
+    claim), or ``None``/``True`` otherwise. :meth:`skip_reason` lets a stage
+    that has nothing to do in a run say so before it runs.
     """
 
     name: str
@@ -55,6 +56,17 @@ class Stage:
     def run(self, ctx: Context) -> bool | None:
         """Do the stage's work on ``ctx.graph_module``."""
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        """Why running the stage in this run would change nothing, or ``None`` to run it.
+
+        A stage that does not apply (a QAT-only stage in a post-training run,
+        a fold with nothing to fold) is then recorded as skipped with this
+        reason, and the run spares the snapshots, diffs and checks around it.
+        Like a condition's check it must only read; the engine verifies that
+        the graph is as it was. The default runs the stage.
+        """
+        return None
 
     @property
     def summary(self) -> str:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from pipeline.context import Context
     from pipeline.plan import PlannedStage
     from pipeline.plugin_info import PluginInfo
+    from pipeline.signature import IdentitySignature
     from pipeline.snapshot import GraphSnapshot
     from pipeline.stage import Stage
 
@@ -22,9 +23,10 @@ class StageRun:
     ``before`` is the graph as the stage received it (after its requirements
     were checked) and ``after`` as it left it; ``declared_change`` is what the
     stage's ``run`` returned; ``changes`` are the node events the audit found.
-    The signatures (see :func:`~pipeline.snapshot.identity_signature`) are the
-    graph's just before and just after the stage, when someone computed them,
-    so that the next one to need them need not.
+    The signatures (see :mod:`pipeline.signature`) are the graph's just before
+    and just after the stage, when someone computed them, so that the next one
+    to need them need not. ``changed_graphs`` are the paths of the graphs
+    whose nodes or wiring the stage changed (metadata aside), once known.
     """
 
     planned: PlannedStage
@@ -34,8 +36,9 @@ class StageRun:
     seconds: float = 0.0
     declared_change: bool | None = None
     changes: StageChanges | None = None
-    before_signature: list[tuple[object, ...]] | None = None
-    after_signature: list[tuple[object, ...]] | None = None
+    before_signature: IdentitySignature | None = None
+    after_signature: IdentitySignature | None = None
+    changed_graphs: frozenset[str] | None = None
 
     @property
     def stage(self) -> Stage:

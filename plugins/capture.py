@@ -88,6 +88,11 @@ class Capture(Stage):
     required: bool = True
     strict: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
+    def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.graph_module is not None:
+            return "the model is a graph module already"
+        return None
+
     def run(self, ctx: Context) -> bool:
         if ctx.graph_module is not None:
             return False

@@ -451,6 +451,13 @@ class FoldBatchNorm(Stage):
     before: tuple[str, ...] = ()
     required: bool = False
 
+    def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.graph_module is None:
+            return None
+        if any(find_batch_norms(module.graph) for _, module in quantizable_graph_modules(ctx.graph_module)):
+            return None
+        return "no batch norm in the graph"
+
     def run(self, ctx: Context) -> bool | None:
         graph_module = ctx.graph_module
         assert graph_module is not None

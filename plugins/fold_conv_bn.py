@@ -336,6 +336,11 @@ class FoldConvBatchNorm(Stage):
         default="batchnorm2d", validator=attrs.validators.in_(("batchnorm2d", "folded"))
     )
 
+    def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.graph_module is None or find_batch_norms(ctx.graph_module.graph):
+            return None
+        return "no batch norm in the graph"
+
     def run(self, ctx: Context) -> bool | None:
         graph_module = ctx.graph_module
         assert graph_module is not None

@@ -246,6 +246,9 @@ class FuseConvBatchNorm(Stage):
     before: tuple[str, ...] = ()
     required: bool = False
 
+    def skip_reason(self, ctx: Context) -> str | None:
+        return None if ctx.inputs.get("is_qat") else "not a QAT run"
+
     def run(self, ctx: Context) -> bool | None:
         if not ctx.inputs.get("is_qat"):
             return False

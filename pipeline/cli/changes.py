@@ -17,7 +17,8 @@ from pipeline.stage_run import StageRun
 
 
 class PrintAfterChange(Instrumentation):
-    """After each chosen stage that changed the graph, writes what changed as a unified diff.
+    """After each chosen stage, writes what it changed as a unified diff (or that it changed nothing,
+    or why it was skipped).
 
     ``stages`` names the stages to watch; ``("all",)`` watches every stage.
     """
@@ -48,6 +49,10 @@ class PrintAfterChange(Instrumentation):
         self._write(
             "\n".join(lines) if lines else f"--- {name} left the graph unchanged ({len(after)} lines)"
         )
+
+    def stage_skipped(self, step: StageRun, reason: str) -> None:
+        if self._watched(step):
+            self._write(f"--- {step.stage.name} skipped: {reason}")
 
 
 @click.command()

@@ -110,6 +110,8 @@ def test_print_after_change_shows_what_a_stage_changed_as_a_graph_diff(tmp_path)
         "fold-quantize",
         "--print-after-change",
         "fuse-conv-bn",
+        "--print-after-change",
+        "port-metadata",
         "--output",
         str(tmp_path / "m.pt2"),
         "--calibration",
@@ -120,7 +122,8 @@ def test_print_after_change_shows_what_a_stage_changed_as_a_graph_diff(tmp_path)
     assert "+%_frozen_param0 : [num_users=1] = get_attr[target=_frozen_param0]" in result.output
     removed = [line for line in result.output.splitlines() if line.startswith("-%quantize_per_channel")]
     assert len(removed) == 4
-    assert "--- fuse-conv-bn left the graph unchanged" in result.output
+    assert "--- fuse-conv-bn skipped: not a QAT run" in result.output
+    assert "--- port-metadata left the graph unchanged" in result.output
     assert "before prepare" not in result.output
 
 

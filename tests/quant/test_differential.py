@@ -100,13 +100,15 @@ def test_one_shot_quantize_equals_prepare_calibrate_convert(name):
         result.graph_module, ours(exported, "xnnpack-per-channel", batches), case.example_inputs
     )
     assert result.report.ran_names()[-5:] == [
+        "calibrate",
         "convert",
-        "fold-conv-bn",
         "duplicate-dq",
         "port-metadata",
         "fold-quantize",
     ]
-    assert result.report["calibrate"].status == "ran"
+    skipped = result.report["fold-conv-bn"]
+    assert (skipped.status, skipped.reason) == ("skipped", "no batch norm in the graph")
+    assert result.report["fuse-conv-bn"].reason == "not a QAT run"
 
 
 def test_one_shot_quantize_captures_an_eager_model_with_a_dynamic_batch():

@@ -1,0 +1,55 @@
+"""Identity signatures: proof that nobody touched a graph between two moments.
+
+The engine asks this around every condition check (a check must only read)
+and between stages (only instrumentations run there), so it must cost far
+less than a snapshot: it copies no metadata and describes nothing, it only
+keeps references to what every node holds. Two signatures are equal when no
+node was added, removed, moved, re-wired, re-targeted or renamed, and no
+metadata key was added, removed or given a value unequal to the one it had.
+Comparing them compares the held objects themselves, so the usual case
+(everything the same object) is decided by identity without calling ``==``
+on any value.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch.fx
+
+from pipeline.snapshot import graph_modules
+
+_FIELDS = operator.attrgetter("name", "op", "target", "_args", "_kwargs")
+
+
+class IdentitySignature:
+    """What every node of a graph module (nested graphs included) refers to at one moment."""
+
+    __slots__ = ("_fields", "_meta", "_nodes")
+
+    def __init__(self, nodes: list[torch.fx.Node]) -> None:
+        self._nodes = nodes
+        self._fields = list(map(_FIELDS, nodes))
+        self._meta = [tuple(node.meta.items()) for node in nodes]
+
+    @classmethod
+    def of(cls, graph_module: torch.fx.GraphModule | None) -> IdentitySignature:
+        """The signature of ``graph_module`` now (an empty one for ``None``)."""
+        if graph_module is None:
+            return cls([])
+        return cls([node for _, module in graph_modules(graph_module) for node in module.graph.nodes])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IdentitySignature):
+            return NotImplemented
+        try:
+            return bool(
+                self._nodes == other._nodes and self._fields == other._fields and self._meta == other._meta
+            )
+        except Exception:
+            return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<IdentitySignature of {len(self._nodes)} nodes>"
