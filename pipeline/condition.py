@@ -2,8 +2,8 @@
 
 A condition's check returns the violations it found rather than a bool, so a
 failure can say which node broke which promise. Checks only read: the engine
-fingerprints the graph around every check and treats a check that changed it as
-an error in its own right.
+takes the graph's signature around the checks (see :mod:`pipeline.signature`)
+and treats a check that changed it as an error in its own right.
 """
 
 from __future__ import annotations

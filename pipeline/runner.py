@@ -202,6 +202,8 @@ class Runner:
         assert step.before is not None and step.after is not None
         changed = step.before.changed_graphs(step.after)
         step.changed_graphs = frozenset(changed)
+        if not changed:
+            step.after.has_structure_of(step.before)
         if not changed and step.before.same_metadata(step.after):
             self._keep_earlier_snapshot(step)
         elif step.declared_change is False:

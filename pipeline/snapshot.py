@@ -92,6 +92,7 @@ class GraphSnapshot:
         self.graphs = graphs
         self.meta_keys = meta_keys
         self.graph_objects = graph_objects or {}
+        self._structure_of: GraphSnapshot | None = None
 
     @classmethod
     def take(
@@ -131,15 +132,22 @@ class GraphSnapshot:
     @functools.cached_property
     def fingerprint(self) -> str:
         """A hash of the graphs' structure (names, ops, targets, wiring), stable across processes."""
+        if self._structure_of is not None:
+            return self._structure_of.fingerprint
         digest = hashlib.blake2b(digest_size=16)
         for path, records in self.graphs.items():
             digest.update(f"graph {path}\n".encode())
-            for record in records.values():
-                digest.update(
-                    f"{record.name}\t{record.op}\t{record.target}\t{record.args!r}\t"
-                    f"{record.kwargs!r}\n".encode()
-                )
+            digest.update(
+                "".join(
+                    f"{record.name}\t{record.op}\t{record.target}\t{record.args!r}\t{record.kwargs!r}\n"
+                    for record in records.values()
+                ).encode()
+            )
         return digest.hexdigest()
+
+    def has_structure_of(self, earlier: GraphSnapshot) -> None:
+        """Record that :meth:`changed_graphs` found no change since ``earlier``: same fingerprint."""
+        self._structure_of = earlier
 
     @property
     def node_count(self) -> int:

@@ -12,6 +12,7 @@ arguments.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Hashable
 from typing import Any
@@ -100,7 +101,12 @@ META_FIELDS = (
 )
 
 
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+
+
 def _value(owner: torch.nn.Module | None, argument: Any) -> Any:
+    if type(argument) in _PLAIN:
+        return argument
     if isinstance(argument, torch.fx.Node):
         if argument.op == "get_attr" and owner is not None:
             try:
@@ -122,7 +128,7 @@ def _tensor(tensor: torch.Tensor) -> Any:
         values = flat.tolist()
         if tensor.dim() == 0:
             return values[0]
-        finite = not flat.is_floating_point() or bool(torch.isfinite(flat).all())
+        finite = not flat.is_floating_point() or all(map(math.isfinite, values))
         return PlainList(values) if finite else values
     return {
         "shape": list(tensor.shape),
@@ -132,27 +138,46 @@ def _tensor(tensor: torch.Tensor) -> Any:
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _parameters(target: Any) -> tuple[tuple[int, str, bool, Any], ...]:
+    """Each argument of ``target``'s schema but the input: position, name, and default if any."""
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        return ()
+    return tuple(
+        (
+            position,
+            argument.name,
+            argument.has_default_value(),
+            argument.default_value if argument.has_default_value() else None,
+        )
+        for position, argument in enumerate(schema.arguments)
+        if argument.name != "input"
+    )
+
+
 def describe_qdq(node: torch.fx.Node) -> dict[str, Any]:
     """The qparams of a quantize, dequantize or choose-qparams node, by argument name."""
     target = node.target
     if isinstance(target, torch._ops.OpOverloadPacket):
         target = target.default
-    schema = getattr(target, "_schema", None)
-    if schema is None:
-        return {}
+    try:
+        parameters = _parameters(target)
+    except TypeError:
+        parameters = _parameters.__wrapped__(target)
     owner = node.graph.owning_module
+    args, kwargs = node.args, node.kwargs
     details = {}
-    for position, argument in enumerate(schema.arguments):
-        if position < len(node.args):
-            value = node.args[position]
-        elif argument.name in node.kwargs:
-            value = node.kwargs[argument.name]
-        elif argument.has_default_value():
-            value = argument.default_value
+    for position, name, has_default, default in parameters:
+        if position < len(args):
+            value = args[position]
+        elif name in kwargs:
+            value = kwargs[name]
+        elif has_default:
+            value = default
         else:
             continue
-        if argument.name != "input":
-            details[argument.name] = _value(owner, value)
+        details[name] = _value(owner, value)
     return details
 
 

@@ -11,7 +11,6 @@ node event therefore states the true difference, whatever API the stage used.
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -121,7 +120,7 @@ class Differ:
         for survivor in survivors:
             old = before.graphs[survivor.graph][survivor.old]
             new = after.graphs[survivor.graph][survivor.new]
-            if survivor.old is survivor.new and old[:6] == new[:6]:
+            if survivor.old is survivor.new and (old == new or old[:6] == new[:6]):
                 continue
             for event in self._survivor_events(survivor, old, new, translate):
                 out.append(event)
@@ -286,13 +285,15 @@ def _moves(before: GraphSnapshot, after: GraphSnapshot, survivors: Sequence[_Sur
     run of old positions; every other survivor was moved.
     """
     by_graph: dict[str, dict[torch.fx.Node, torch.fx.Node]] = {}
+    kept: dict[str, set[torch.fx.Node]] = {}
     for survivor in survivors:
         by_graph.setdefault(survivor.graph, {})[survivor.new] = survivor.old
+        kept.setdefault(survivor.graph, set()).add(survivor.old)
     for path, old_of in by_graph.items():
-        old_position = {node: index for index, node in enumerate(before.graphs[path])}
         order = [node for node in after.graphs[path] if node in old_of]
-        if all(old_position[old_of[a]] < old_position[old_of[b]] for a, b in itertools.pairwise(order)):
+        if [old_of[node] for node in order] == [node for node in before.graphs[path] if node in kept[path]]:
             continue
+        old_position = {node: index for index, node in enumerate(before.graphs[path])}
         staying = _longest_increasing(order, [old_position[old_of[node]] for node in order])
         previous: dict[torch.fx.Node, torch.fx.Node | None] = {}
         last = None

@@ -61,12 +61,30 @@ class NodeOrigin:
 
 
 class AuditLog:
-    """The events of one or more runs, indexed by node."""
+    """The events of one or more runs, indexed by node.
+
+    The index is built when a question first needs it: every run returns its
+    in-memory trail as an ``AuditLog``, and most are never queried.
+    """
 
     def __init__(self, events: Iterable[dict[str, Any]]) -> None:
         self.events: list[dict[str, Any]] = list(events)
-        self._incarnations: dict[tuple[str, str], list[_Incarnation]] = defaultdict(list)
-        self._index()
+        self._indexed: dict[tuple[str, str], list[_Incarnation]] | None = None
+
+    def index(self) -> None:
+        """Index the events now (queries do it on first use); raises if they are malformed."""
+        self._incarnations  # noqa: B018
+
+    @property
+    def _incarnations(self) -> dict[tuple[str, str], list[_Incarnation]]:
+        if self._indexed is None:
+            self._indexed = defaultdict(list)
+            try:
+                self._index()
+            except BaseException:
+                self._indexed = None
+                raise
+        return self._indexed
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Iterable[dict[str, Any]]) -> AuditLog:
@@ -95,7 +113,14 @@ class AuditLog:
                     f"schema {vocabulary.SCHEMA_VERSION}"
                 )
             parsed.append(event)
-        return cls(parsed)
+        log = cls(parsed)
+        try:
+            log.index()
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise AuditLogError(
+                f"{path}: malformed audit events ({type(error).__name__}: {error})"
+            ) from error
+        return log
 
     def runs(self) -> list[str]:
         """The run ids in the log, in order."""

@@ -50,15 +50,15 @@ class AuditTrail:
         self._plain_log = self._chain(sink, stamp)
 
     def _chain(self, sink: AuditSink, *processors: Processor) -> Any:
+        """A bound logger over ``sink`` (bound now, so that no event goes through the lazy proxy)."""
         return structlog.wrap_logger(
             sink,
             processors=[*processors, sink.renderer()],
             wrapper_class=structlog.BoundLogger,
             context_class=dict,
-            cache_logger_on_first_use=True,
             schema=SCHEMA_VERSION,
             run=self.run_id,
-        )
+        ).bind()
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event; ``event`` must belong to the vocabulary."""

@@ -215,6 +215,11 @@ def test_a_corrupt_log_is_an_error_naming_the_line(tmp_path):
         AuditLog.load(path)
     with pytest.raises(AuditLogError, match="cannot read audit log"):
         AuditLog.load(tmp_path / "missing.jsonl")
+    path.write_text(
+        '{"schema": 1, "event": "run.started", "run": "x"}\n{"schema": 1, "event": "node.created"}\n'
+    )
+    with pytest.raises(AuditLogError, match=r"bad.jsonl: malformed audit events \(KeyError: 'graph'\)"):
+        AuditLog.load(path)
 
 
 def test_describers_add_details_to_node_events():

@@ -661,3 +661,91 @@ def test_an_instrumentation_that_changes_the_graph_between_stages_is_an_error():
     model, inputs = small_net()
     with pytest.raises(StageFailedError, match=r"an instrumentation \(Meddles\) changed it"):
         toy(instrumentations=[Meddles()]).run(model, inputs)
+
+
+@attrs.frozen
+class NothingToClamp(ToyClamp):
+    """Clamps relus, and says so before running when there are none."""
+
+    def skip_reason(self, ctx):
+        relus = ctx.graph.find_nodes(op="call_function", target=torch.ops.aten.relu.default)
+        return None if relus else "no relu to clamp"
+
+
+def test_a_stage_with_nothing_to_do_is_skipped_with_its_reason():
+    class NoRelu(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    result = toy(ToyCapture(), ToyTag(), NothingToClamp()).run(NoRelu(), (torch.randn(2, 8),), audit=[])
+    report = result.report[ToyClamp().name]
+    assert (report.status, report.reason) == ("skipped", "no relu to clamp")
+    skipped = [event for event in result.audit.events if event["event"] == "stage.skipped"]
+    assert [(event["stage"], event["reason"]) for event in skipped] == [(ToyClamp().name, "no relu to clamp")]
+    ran = toy(ToyCapture(), ToyTag(), NothingToClamp()).run(*small_net())
+    assert ran.report[ToyClamp().name].status == "ran"
+
+
+@attrs.frozen
+class SneakySkip(ToyClamp):
+    """Tags nodes while deciding whether to run."""
+
+    def skip_reason(self, ctx):
+        for node in ctx.graph.nodes:
+            node.meta["quantization_tag"] = "sneaky"
+        return "nothing to do"
+
+
+@attrs.frozen
+class WrongSkip(ToyClamp):
+    """Answers skip_reason with a bool."""
+
+    def skip_reason(self, ctx):
+        return True
+
+
+@attrs.frozen
+class BrokenSkip(ToyClamp):
+    """Fails while deciding whether to run."""
+
+    def skip_reason(self, ctx):
+        raise KeyError("no such node")
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        (SneakySkip(), r"changed the graph in skip_reason\(\), which must only read"),
+        (WrongSkip(), r"returned True from skip_reason\(\); it must return a string or None"),
+        (BrokenSkip(), r"raised KeyError: 'no such node'"),
+    ],
+)
+def test_a_skip_reason_that_writes_answers_wrongly_or_raises_fails_its_stage(stage, message):
+    model, inputs = small_net()
+    with pytest.raises(StageFailedError, match=rf"stage '{ToyClamp().name}' .*{message}") as caught:
+        toy(ToyCapture(), ToyTag(), stage).run(model, inputs, audit=[])
+    assert caught.value.stage == ToyClamp().name
+
+
+def test_conditions_checked_together_are_all_named_when_one_of_them_writes():
+    @condition("tagged", "sneaky: tags while checking")
+    def sneaky(graph_module):
+        for node in graph_module.graph.nodes:
+            node.meta["quantization_tag"] = "sneaky"
+        return []
+
+    @attrs.frozen
+    class TagsAndCaptures(ToyTag):
+        """Tags, and promises the graph is still captured."""
+
+        ensures: tuple[str, ...] = ("captured", "tagged")
+
+    plugin = ToyPlugin(
+        stages=(ToyCapture(), TagsAndCaptures()),
+        conditions=(*[c for c in ToyPlugin().conditions if c.name != "tagged"], sneaky),
+    )
+    with pytest.raises(
+        StageFailedError,
+        match=r"one of the conditions 'captured' \(plugin .*\), 'tagged' \(plugin .*\) changed the graph",
+    ):
+        Pipeline(plugins=[plugin]).run(*small_net())
