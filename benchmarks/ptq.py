@@ -11,6 +11,10 @@ multiple of the model's parameter bytes.
 
     python benchmarks/ptq.py                 # the full table (several minutes)
     python benchmarks/ptq.py --quick         # small sizes only
+
+Each model runs in interleaved rounds (torchao, ours, ours without the trail)
+and each time is the best of the rounds, so that neither side is charged for
+a hiccup of the machine; a model on which torchao takes over 5 s runs once.
 """
 
 from __future__ import annotations
@@ -210,11 +214,26 @@ def our_side(graph_module: torch.fx.GraphModule, inputs: tuple[Any, ...], audit:
     }
 
 
+def best_of(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The fastest prepare and convert of the rounds; memory as the first round measured it."""
+    return {
+        "prepare": min(run["prepare"] for run in runs),
+        "convert": min(run["convert"] for run in runs),
+        "convert_memory": runs[0]["convert_memory"],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--recipe", choices=RECIPES, default="x86", help="quantizer recipe (default x86)")
     parser.add_argument("--only", help="run only the models whose label contains this text")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds per model; each time is the best (default 5)",
+    )
     args = parser.parse_args(argv)
     global _recipe
     _recipe = args.recipe
@@ -223,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{'model':<28}{'nodes':>7}{'torchao s':>11}{'ours s':>9}{'ratio':>7}"
         f"{'ours no-trail s':>17}{'ratio':>7}{'mem torchao':>13}{'mem ours':>10}"
     )
-    print(f"prepare + convert, {args.recipe} recipe; memory = convert peak RSS growth / parameter bytes")
+    print(
+        f"prepare + convert, {args.recipe} recipe, best of {args.rounds} interleaved rounds (one when "
+        f"torchao takes over 5 s); memory = convert peak RSS growth / parameter bytes, first round"
+    )
     print(header)
     for label, build in models(args.quick):
         if args.only and args.only not in label:
@@ -233,9 +255,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         exported = torch.export.export(model, inputs).module()
         parameter_bytes = sum(p.numel() * p.element_size() for p in exported.parameters())
         nodes = len(exported.graph.nodes)
-        reference = torchao_side(copy.deepcopy(exported), inputs)
-        ours = our_side(exported, inputs, audit=True)
-        bare = our_side(exported, inputs, audit=False)
+        runs: dict[str, list[dict[str, float]]] = {"torchao": [], "ours": [], "bare": []}
+        for round_number in range(args.rounds):
+            runs["torchao"].append(torchao_side(copy.deepcopy(exported), inputs))
+            runs["ours"].append(our_side(exported, inputs, audit=True))
+            runs["bare"].append(our_side(exported, inputs, audit=False))
+            if round_number == 0 and runs["torchao"][0]["prepare"] + runs["torchao"][0]["convert"] > 5:
+                break
+        reference, ours, bare = (best_of(runs[side]) for side in ("torchao", "ours", "bare"))
         theirs_total = reference["prepare"] + reference["convert"]
         ours_total = ours["prepare"] + ours["convert"]
         bare_total = bare["prepare"] + bare["convert"]
