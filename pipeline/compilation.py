@@ -26,7 +26,7 @@ from torch.fx.experimental import _config as fx_experimental_config
 from torch.fx.graph import PythonCode
 
 from pipeline.errors import PipelineError
-from pipeline.snapshot import graph_modules
+from pipeline.module_tree import graph_modules
 
 _generated: weakref.WeakKeyDictionary[torch.fx.Graph, PythonCode] = weakref.WeakKeyDictionary()
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch.fx
 
-from pipeline.snapshot import graph_modules
+from pipeline.module_tree import graph_modules
 
 
 def graph_lines(graph_module: torch.fx.GraphModule) -> list[str]:

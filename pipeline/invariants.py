@@ -13,7 +13,8 @@ import torch.fx
 
 from pipeline import compilation, emission
 from pipeline.condition import Violation
-from pipeline.snapshot import GraphSnapshot, graph_modules, same_arguments
+from pipeline.module_tree import graph_modules
+from pipeline.snapshot import GraphSnapshot, same_arguments
 
 
 def lint(graph_module: torch.fx.GraphModule, paths: Collection[str] | None = None) -> Iterator[Violation]:

@@ -192,11 +192,10 @@ class Runner:
     def _snapshot_after(
         self, graph_module: torch.fx.GraphModule | None
     ) -> tuple[GraphSnapshot, IdentitySignature | None]:
-        """The stage's result, and its signature when an instrumentation may write between stages."""
-        snapshot = GraphSnapshot.take(graph_module, self._meta_fields)
-        signature = None if self._only_readers else IdentitySignature.of(graph_module)
-        self._last = (graph_module, signature, snapshot)
-        return snapshot, signature
+        """The stage's result and its signature, taken in one walk."""
+        snapshot = GraphSnapshot.take(graph_module, self._meta_fields, signed=True)
+        self._last = (graph_module, snapshot.signature, snapshot)
+        return snapshot, snapshot.signature
 
     def _verify(self, step: StageRun) -> None:
         assert step.before is not None and step.after is not None

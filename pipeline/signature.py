@@ -14,10 +14,11 @@ on any value.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch.fx
 
-from pipeline.snapshot import graph_modules
+from pipeline.module_tree import graph_modules
 
 _FIELDS = operator.attrgetter("name", "op", "target", "_args", "_kwargs")
 
@@ -27,10 +28,13 @@ class IdentitySignature:
 
     __slots__ = ("_fields", "_meta", "_nodes")
 
-    def __init__(self, nodes: list[torch.fx.Node]) -> None:
+    def __init__(
+        self, nodes: list[torch.fx.Node], meta: list[tuple[tuple[str, Any], ...]] | None = None
+    ) -> None:
+        """``meta`` is each node's ``tuple(node.meta.items())`` when a walk that made it is at hand."""
         self._nodes = nodes
         self._fields = list(map(_FIELDS, nodes))
-        self._meta = [tuple(node.meta.items()) for node in nodes]
+        self._meta = [tuple(node.meta.items()) for node in nodes] if meta is None else meta
 
     @classmethod
     def of(cls, graph_module: torch.fx.GraphModule | None) -> IdentitySignature:

@@ -3,8 +3,8 @@
 Two snapshots answer the questions the engine asks around every stage: did
 the graph change (the fingerprint), and which nodes were added, removed,
 re-wired or re-targeted (the audit trail's structural diff). One walk over the
-nodes serves both. (Whether a condition check touched anything is the cheaper
-question of :mod:`pipeline.signature`.)
+nodes serves both, and can take the graph's identity signature on the way
+(:mod:`pipeline.signature`: did a condition check touch anything).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 import torch.fx
 
 from pipeline.audit.fields import MetaField
+from pipeline.module_tree import graph_modules
 from pipeline.naming import target_name
+from pipeline.signature import IdentitySignature
 
 
 class NodeRecord(NamedTuple):
@@ -50,32 +52,6 @@ def readable_target(target: Any) -> str:
         return target_name(target)
 
 
-def graph_modules(root: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphModule]]:
-    """The graph module and every graph module nested in it, by qualified name (``""`` for root).
-
-    The order and the names are ``named_modules()``'s (each module once, under
-    the first name a depth-first walk meets). The engine asks several times
-    per stage, so the walk is a plain loop rather than nested generators.
-    """
-    found: list[tuple[str, torch.fx.GraphModule]] = []
-    seen: set[int] = set()
-    stack: list[tuple[str, torch.nn.Module]] = [("", root)]
-    while stack:
-        path, module = stack.pop()
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        if isinstance(module, torch.fx.GraphModule):
-            found.append((path, module))
-        children = module._modules
-        if children:
-            prefix = path + "." if path else ""
-            stack.extend(
-                (prefix + name, child) for name, child in reversed(children.items()) if child is not None
-            )
-    return found
-
-
 class GraphSnapshot:
     """Every node of a graph module and its nested graph modules, as :class:`NodeRecord`.
 
@@ -92,24 +68,38 @@ class GraphSnapshot:
         self.graphs = graphs
         self.meta_keys = meta_keys
         self.graph_objects = graph_objects or {}
+        self.signature: IdentitySignature | None = None
         self._structure_of: GraphSnapshot | None = None
 
     @classmethod
     def take(
-        cls, graph_module: torch.fx.GraphModule | None, meta_fields: Sequence[MetaField]
+        cls,
+        graph_module: torch.fx.GraphModule | None,
+        meta_fields: Sequence[MetaField],
+        *,
+        signed: bool = False,
     ) -> GraphSnapshot:
-        """Snapshot ``graph_module`` (an empty snapshot for ``None``)."""
+        """Snapshot ``graph_module`` (an empty snapshot for ``None``).
+
+        ``signed`` also takes the graph's :class:`~pipeline.signature.IdentitySignature`
+        (``snapshot.signature``) in the same walk.
+        """
         graphs: dict[str, dict[torch.fx.Node, NodeRecord]] = {}
         objects: dict[str, torch.fx.Graph] = {}
         keys = tuple(field.key for field in meta_fields)
         if graph_module is None:
-            return cls(graphs, keys)
+            empty = cls(graphs, keys)
+            empty.signature = IdentitySignature([]) if signed else None
+            return empty
         fields = [(field.key, field.snapshot) for field in meta_fields]
         new = NodeRecord._make
+        every_meta: list[tuple[tuple[str, Any], ...]] = []
         for path, module in graph_modules(graph_module):
             records: dict[torch.fx.Node, NodeRecord] = {}
             for node in module.graph.nodes:
                 meta = node.meta
+                if signed:
+                    every_meta.append(tuple(meta.items()))
                 watched = []
                 for key, snap in fields:
                     value = meta.get(key)
@@ -127,7 +117,11 @@ class GraphSnapshot:
                 )
             graphs[path] = records
             objects[path] = module.graph
-        return cls(graphs, keys, objects)
+        snapshot = cls(graphs, keys, objects)
+        if signed:
+            nodes = [node for records in graphs.values() for node in records]
+            snapshot.signature = IdentitySignature(nodes, every_meta)
+        return snapshot
 
     @functools.cached_property
     def fingerprint(self) -> str:

@@ -20,7 +20,8 @@ from pipeline.audit.diff import Created, Differ, Erased, HookEntry, Replaced, St
 from pipeline.audit.fields import MetaField, NodeDescriber
 from pipeline.audit.trail import AuditTrail
 from pipeline.instrumentation import Instrumentation
-from pipeline.snapshot import NodeRecord, graph_modules, readable_target
+from pipeline.module_tree import graph_modules
+from pipeline.snapshot import NodeRecord, readable_target
 
 if TYPE_CHECKING:
     from pipeline.context import Context
