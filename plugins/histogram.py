@@ -6,22 +6,42 @@ model that loop is most of what convert costs. This module runs the same search
 on Python floats and gets the same answer bit for bit: the cumulative sums are
 float32 values read exactly into doubles, and each bound is rounded to float32
 before comparing, which is what comparing a float32 tensor with a Python float
-does. The quantization error of a candidate range, the new bounds and the final
-qparams still come from the observer's own methods.
+does.
+
+Each candidate range the search meets is scored by a quantization error that
+torchao computes with about fifty small tensor ops; :class:`_ErrorModel` gets
+the same float32 value with about half as many (see there). The new bounds and
+the final qparams still come from the observer's own methods.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Iterator
 
 import torch
 from torchao.quantization.pt2e.observer import HistogramObserver
 
 _STEP = 1e-5
+_FLOAT32 = struct.Struct("f")
 
 
 def _float32(value: float) -> float:
-    return struct.unpack("f", struct.pack("f", value))[0]
+    """``value`` rounded to the nearest float32, as a C cast does (beyond the range: infinity)."""
+    try:
+        return float(_FLOAT32.unpack(_FLOAT32.pack(value))[0])
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _cube(value: float) -> float:
+    """``v * v * v`` of a float32 ``v`` in float32 arithmetic.
+
+    A product of two float32 values is exact in a double, so rounding it to
+    float32 is the float32 product.
+    """
+    return _float32(_float32(value * value) * value)
 
 
 def applies_to(observer: object) -> bool:
@@ -33,28 +53,50 @@ def calculate_qparams(observer: HistogramObserver) -> tuple[torch.Tensor, torch.
     """Exactly ``observer.calculate_qparams()``, faster."""
     if observer.min_val == float("inf") and observer.max_val == float("-inf"):
         return observer.calculate_qparams()  # type: ignore[no-any-return]
-    if observer.bins != len(observer.histogram):
+    if observer.bins != len(observer.histogram) or not _ErrorModel.applies_to(observer):
         return observer.calculate_qparams()  # type: ignore[no-any-return]
     new_min, new_max = _search(observer)
     return observer._calculate_qparams(new_min, new_max)  # type: ignore[no-any-return]
 
 
 def _search(observer: HistogramObserver) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's search: shrink the range while the quantization error does not grow."""
     bin_width = (observer.max_val - observer.min_val) / observer.bins
+    errors = _ErrorModel(observer)
+    start_bin, end_bin = 0, observer.bins - 1
+    norm_min = float("inf")
+    for next_start_bin, next_end_bin in _candidates(observer):
+        norm = errors.error(next_start_bin, next_end_bin)
+        if norm > norm_min:
+            break
+        norm_min = norm
+        start_bin, end_bin = next_start_bin, next_end_bin
+    return observer.min_val + bin_width * start_bin, observer.min_val + bin_width * (end_bin + 1)
+
+
+def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
+    """The ranges the search scores, in order, each assuming the one before it was kept.
+
+    The search stops at the first range it does not keep, so up to there this
+    is exactly its sequence.
+
+    ``cumulative[i] < float32(x)`` is decided without rounding when
+    ``cumulative[i] >= x``: rounding is monotone and a float32 value rounds to
+    itself, so then ``float32(x) <= cumulative[i]``; likewise for ``>``.
+    """
     total = torch.sum(observer.histogram).item()
     cumulative = torch.cumsum(observer.histogram, dim=0).tolist()
     alpha, beta = 0.0, 1.0
     start_bin, end_bin = 0, observer.bins - 1
-    norm_min = float("inf")
     while alpha < beta:
         next_alpha = alpha + _STEP
         next_beta = beta - _STEP
-        low_bound = _float32(next_alpha * total)
-        high_bound = _float32(next_beta * total)
+        low = next_alpha * total
+        high = next_beta * total
         left, right = start_bin, end_bin
-        while left < end_bin and cumulative[left] < low_bound:
+        while left < end_bin and cumulative[left] < low and cumulative[left] < _float32(low):
             left += 1
-        while right > start_bin and cumulative[right] > high_bound:
+        while right > start_bin and cumulative[right] > high and cumulative[right] > _float32(high):
             right -= 1
         next_start_bin, next_end_bin = start_bin, end_bin
         if (left - start_bin) > (end_bin - right):
@@ -65,9 +107,77 @@ def _search(observer: HistogramObserver) -> tuple[torch.Tensor, torch.Tensor]:
             beta = next_beta
         if next_start_bin == start_bin and next_end_bin == end_bin:
             continue
-        norm = observer._compute_quantization_error(next_start_bin, next_end_bin)
-        if norm > norm_min:
-            break
-        norm_min = norm
+        yield next_start_bin, next_end_bin
         start_bin, end_bin = next_start_bin, next_end_bin
-    return observer.min_val + bin_width * start_bin, observer.min_val + bin_width * (end_bin + 1)
+
+
+class _ErrorModel:
+    """``observer._compute_quantization_error(start, end)``, the same float32 value, in fewer ops.
+
+    torchao's error is a sum over source bins of three float32 terms. Here each
+    term is computed by the same tensor op on the same float32 operands, in
+    the same order, and summed by the same ``sum()``, except that:
+
+    - what depends on the observer only is computed once: the source bin
+      edges for every start bin (the edges for one start bin are a slice of
+      them, each element the same op on the same values) and the density;
+    - what is the same for every bin is computed once on Python floats: the
+      cube of half a destination bin and the middle term's factor. torchao
+      computes them on 0-d float32 tensors or tensors filled with one value;
+      rounding the exact double result of each ``*``, ``-`` and ``/`` of
+      float32 values to float32 is that float32 op, as a double has more than
+      twice float32's precision;
+    - the running sum starts from the first term, not from zeros plus it,
+      which can only turn a -0.0 into +0.0, and the error is only compared.
+    """
+
+    def __init__(self, observer: HistogramObserver) -> None:
+        bins = observer.bins
+        self.bins = bins
+        self.dst_nbins = observer.dst_nbins
+        self.bin_width = (observer.max_val.item() - observer.min_val.item()) / bins
+        self.begins = torch.arange(-(bins - 1), bins) * self.bin_width
+        self.ends = self.begins + self.bin_width
+        self.density = observer.histogram / self.bin_width
+
+    @staticmethod
+    def applies_to(observer: HistogramObserver) -> bool:
+        """The float32 CPU histograms the model reproduces; others keep torchao's own method."""
+        return (
+            observer.histogram.dtype == torch.float32
+            and observer.histogram.device.type == "cpu"
+            and observer.histogram.dim() == 1
+            and torch.get_default_dtype() == torch.float32
+        )
+
+    def error(self, start_bin: int, end_bin: int) -> float:
+        dst_bin_width = self.bin_width * (end_bin - start_bin + 1) / self.dst_nbins
+        if dst_bin_width == 0.0:
+            return 0.0
+        offset = self.bins - 1 - start_bin
+        begin = self.begins[offset : offset + self.bins]
+        end = self.ends[offset : offset + self.bins]
+        last = self.dst_nbins - 1
+        dst_of_begin = torch.div(begin, dst_bin_width, rounding_mode="floor").clamp_(0, last)
+        dst_of_end = torch.div(end, dst_bin_width, rounding_mode="floor").clamp_(0, last)
+        half = _float32(dst_bin_width / 2)
+        minus_half = _float32(-dst_bin_width / 2)
+
+        delta_begin = begin - (dst_of_begin + 0.5).mul_(dst_bin_width)
+        norm = self._integral(_cube(half), delta_begin)
+
+        whole_bin = _float32(_float32(_cube(half) - _cube(minus_half)) / 3)
+        inner_bins = (dst_of_end - dst_of_begin).sub_(1)
+        norm += inner_bins.mul_(self.density * whole_bin)
+
+        delta_end = end - (dst_of_end * dst_bin_width).add_(dst_bin_width / 2)
+        norm += self._integral_to(delta_end, _cube(minus_half))
+        return float(norm.sum().item())
+
+    def _integral(self, end_cubed: float, begin: torch.Tensor) -> torch.Tensor:
+        """``density * (end^3 - begin^3) / 3`` for a common end."""
+        return self.density * (end_cubed - begin * begin * begin).div_(3)
+
+    def _integral_to(self, end: torch.Tensor, begin_cubed: float) -> torch.Tensor:
+        """``density * (end^3 - begin^3) / 3`` for a common begin."""
+        return self.density * (end * end * end - begin_cubed).div_(3)
