@@ -40,7 +40,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
 
 from pipeline import Context, Stage, StageError, Violation, condition
-from plugins import chunked, ops
+from plugins import chunked, dead_code, ops
 from plugins.subgraphs import quantizable_graph_modules
 
 _aten = torch.ops.aten
@@ -275,7 +275,7 @@ def fold_quantize_nodes(module: torch.fx.GraphModule, ctx: Context) -> bool:
         if not node.users:
             graph.erase_node(node)
             changed = True
-    changed |= graph.eliminate_dead_code()
+    changed |= dead_code.eliminate_dead_code(graph)
     _move_next_to_consumers(graph, folded)
     referenced = _referenced_targets(module)
     for dotted in unreferenced_tensors(module):
