@@ -78,11 +78,8 @@ def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
     """The ranges the search scores, in order, each assuming the one before it was kept.
 
     The search stops at the first range it does not keep, so up to there this
-    is exactly its sequence.
-
-    ``cumulative[i] < float32(x)`` is decided without rounding when
-    ``cumulative[i] >= x``: rounding is monotone and a float32 value rounds to
-    itself, so then ``float32(x) <= cumulative[i]``; likewise for ``>``.
+    is exactly its sequence. A step that moves neither bound bin only lowers
+    ``beta``; such steps come in runs, which :func:`_skip_idle_steps` takes at once.
     """
     total = torch.sum(observer.histogram).item()
     cumulative = torch.cumsum(observer.histogram, dim=0).tolist()
@@ -91,24 +88,62 @@ def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
     while alpha < beta:
         next_alpha = alpha + _STEP
         next_beta = beta - _STEP
-        low = next_alpha * total
-        high = next_beta * total
-        left, right = start_bin, end_bin
-        while left < end_bin and cumulative[left] < low and cumulative[left] < _float32(low):
-            left += 1
-        while right > start_bin and cumulative[right] > high and cumulative[right] > _float32(high):
-            right -= 1
-        next_start_bin, next_end_bin = start_bin, end_bin
+        left = _first_reaching(cumulative, start_bin, end_bin, next_alpha * total)
+        right = _last_within(cumulative, end_bin, start_bin, next_beta * total)
         if (left - start_bin) > (end_bin - right):
-            next_start_bin = left
             alpha = next_alpha
+            start_bin = left
         else:
-            next_end_bin = right
             beta = next_beta
-        if next_start_bin == start_bin and next_end_bin == end_bin:
-            continue
-        yield next_start_bin, next_end_bin
-        start_bin, end_bin = next_start_bin, next_end_bin
+            if right == end_bin:
+                beta = _skip_idle_steps(cumulative, start_bin, end_bin, alpha, beta, total)
+                continue
+            end_bin = right
+        yield start_bin, end_bin
+
+
+def _skip_idle_steps(
+    cumulative: list[float], start_bin: int, end_bin: int, alpha: float, beta: float, total: float
+) -> float:
+    """``beta`` after the steps that move neither bin, up to the one that moves the end bin.
+
+    A step moved neither bin: the start bin stayed (so alpha stays, and with
+    it the start bin of every following step) and the end bin stayed. Until
+    the end bin moves, each step only takes ``_STEP`` off ``beta``.
+    """
+    last = cumulative[end_bin] if end_bin > start_bin else -math.inf
+    while alpha < beta:
+        next_beta = beta - _STEP
+        high = next_beta * total
+        if last > high and last > _float32(high):
+            return beta
+        beta = next_beta
+    return beta
+
+
+def _first_reaching(cumulative: list[float], start: int, stop: int, bound: float) -> int:
+    """The first bin from ``start`` (at most ``stop``) whose cumulative sum is not below float32 ``bound``.
+
+    ``cumulative[i] < float32(bound)`` implies ``cumulative[i] < bound``:
+    rounding is monotone and a float32 value rounds to itself. So when the
+    first bin is not below ``bound`` itself, no rounding is needed.
+    """
+    index = start
+    if index < stop and cumulative[index] < bound:
+        rounded = _float32(bound)
+        while index < stop and cumulative[index] < rounded:
+            index += 1
+    return index
+
+
+def _last_within(cumulative: list[float], start: int, stop: int, bound: float) -> int:
+    """The last bin from ``start`` down (to ``stop``) whose cumulative sum is not above float32 ``bound``."""
+    index = start
+    if index > stop and cumulative[index] > bound:
+        rounded = _float32(bound)
+        while index > stop and cumulative[index] > rounded:
+            index -= 1
+    return index
 
 
 class _ErrorModel:
