@@ -161,3 +161,23 @@ def test_a_histogram_of_another_dtype_takes_torchaos_own_path():
     observer.histogram = observer.histogram.double()
     assert not histogram._ErrorModel.applies_to(observer)
     _assert_same_qparams(observer)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(counts, min_size=2, max_size=64),
+    low=st.floats(-1e30, 1e30).map(lambda value: float(torch.tensor(value))),
+    width_exponent=st.integers(-40, 30),
+    dtype=st.sampled_from([torch.quint8, torch.qint8]),
+    data=st.data(),
+)
+def test_extreme_ranges_score_as_torchao_scores_them(values, low, width_exponent, dtype, data):
+    """Cubes that overflow to inf, products that underflow to subnormals or zero, NaN from inf - inf."""
+    high = float(torch.tensor(low + 10.0**width_exponent, dtype=torch.float32))
+    assume(math.isfinite(high) and high >= low)
+    observer = _observer(values, low, high, dtype)
+    model = histogram._ErrorModel(observer)
+    for _ in range(3):
+        start = data.draw(st.integers(0, len(values) - 1))
+        end = data.draw(st.integers(start, len(values) - 1))
+        assert _same_error(model.error(start, end), observer._compute_quantization_error(start, end))
