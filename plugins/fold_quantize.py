@@ -60,6 +60,8 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 """The value of a node that is not a compile-time constant."""
 
+_PENDING: Any = object()
+
 
 @attrs.frozen
 class FoldQuantize(Stage):
@@ -159,43 +161,48 @@ class ConstantCones:
                 self._evaluating = False
 
     def _evaluate_cone(self, node: torch.fx.Node) -> None:
+        """Depth first: a node is known once an input is known not constant, or all its inputs are known."""
+        values = self.values
         stack = [node]
         while stack:
             current = stack[-1]
-            if current in self.values:
+            if current in values:
                 stack.pop()
                 continue
-            inputs = current.all_input_nodes
-            if any(self.values.get(item, None) is UNKNOWN for item in inputs):
-                self.values[current] = UNKNOWN
-                stack.pop()
-                continue
-            pending = [item for item in inputs if item not in self.values]
-            if pending:
-                stack.extend(pending)
-                continue
+            pending = []
+            for item in current.all_input_nodes:
+                value = values.get(item, _PENDING)
+                if value is UNKNOWN:
+                    values[current] = UNKNOWN
+                    break
+                if value is _PENDING:
+                    pending.append(item)
+            else:
+                if pending:
+                    stack.extend(pending)
+                    continue
+                values[current] = self._evaluate(current)
             stack.pop()
-            self.values[current] = self._evaluate(current)
 
     def _evaluate(self, node: torch.fx.Node) -> Any:
+        """The value of a node whose inputs are all known; the refusals come first, cheapest first."""
         if node.op in ("placeholder", "output"):
             return UNKNOWN
         if node.op == "get_attr":
             return self._attribute(node)
         if node.op == "call_function" and (
-            node.target is _aten._efficientzerotensor.default
+            ops.is_call(node, IMPURE_OPS)
+            or node.target is _aten._efficientzerotensor.default
             or node.name == "triton_kernel_wrapper_functional_proxy"
             or isinstance(node.target, torch._ops.HigherOrderOperator)
         ):
-            return UNKNOWN
-        args, kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), self._argument)
-        if not any(isinstance(leaf, torch.Tensor) for leaf in pytree.arg_tree_leaves(*args, **kwargs)):
             return UNKNOWN
         if isinstance(node.target, torch._ops.OpOverload) and (
             torch.Tag.nondeterministic_seeded in node.target.tags
         ):
             return UNKNOWN
-        if node.op == "call_function" and ops.is_call(node, IMPURE_OPS):
+        args, kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), self._argument)
+        if not any(isinstance(leaf, torch.Tensor) for leaf in pytree.arg_tree_leaves(*args, **kwargs)):
             return UNKNOWN
         try:
             result = self._run(node, args, kwargs)
