@@ -31,7 +31,7 @@ from torchao.quantization.pt2e.utils import is_per_channel, to_underlying_dtype
 
 from pipeline import Context, Stage, StageError, Violation, condition
 from pipeline.naming import describe_node
-from plugins import histogram, observers, ops
+from plugins import dead_code, histogram, observers, ops
 from plugins.prepare import OBSERVED_KEY, AttributeNamer, observer_nodes
 from plugins.subgraphs import quantizable_graph_modules
 
@@ -107,7 +107,7 @@ class _Converter:
             }
             with self.ctx.origin(node, *node.args[:1], **details):
                 self._replace(node, observer)
-        self.graph.eliminate_dead_code()
+        dead_code.eliminate_dead_code(self.graph)
         self._drop_unused_observers({str(node.target) for node in targets})
         return len(targets)
 

@@ -24,7 +24,7 @@ import torch
 import torch.fx
 
 from pipeline import Context, Stage, Violation, condition
-from plugins import ops
+from plugins import dead_code, ops
 from plugins.annotation import is_annotated
 from plugins.qdq_graph import is_dynamic_dequantize, value_users
 from plugins.subgraphs import quantizable_graph_modules
@@ -70,7 +70,7 @@ def duplicate_dequantize_nodes(graph: torch.fx.Graph, ctx: Context) -> bool:
             if is_annotated(user):
                 _give_copy(graph, node, user, ctx)
                 copies += 1
-    removed = graph.eliminate_dead_code()
+    removed = dead_code.eliminate_dead_code(graph)
     return bool(copies) or removed
 
 

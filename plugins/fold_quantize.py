@@ -28,6 +28,7 @@ corresponds to leaving the stage out of the run (the façade skips it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 from collections.abc import Iterable, Iterator
@@ -40,7 +41,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
 
 from pipeline import Context, Stage, StageError, Violation, condition
-from plugins import chunked, ops
+from plugins import chunked, dead_code, ops
 from plugins.subgraphs import quantizable_graph_modules
 
 _aten = torch.ops.aten
@@ -58,6 +59,8 @@ class _Unknown:
 
 UNKNOWN: Any = _Unknown()
 """The value of a node that is not a compile-time constant."""
+
+_PENDING: Any = object()
 
 
 @attrs.frozen
@@ -105,6 +108,7 @@ class ConstantCones:
         self.candidates: set[torch.fx.Node] = set()
         self._position = {node: index for index, node in enumerate(self.graph.nodes)}
         self._mutable = _mutated_buffer_producers(module)
+        self._evaluating = False
 
     def folds(self, quantize: torch.fx.Node) -> bool:
         """Whether torchao's ``constant_fold`` replaces ``quantize`` by a constant."""
@@ -129,66 +133,98 @@ class ConstantCones:
         return node in self.candidates
 
     def value(self, node: torch.fx.Node) -> Any:
-        """The node's constant value, or :data:`UNKNOWN`; evaluates the inputs it needs first."""
+        """The node's constant value, or :data:`UNKNOWN`; evaluates the inputs it needs first.
+
+        Evaluation runs with the caller's dispatch modes off and without
+        autograd, as torchao's interpreter runs; switching them once per
+        question rather than once per node is most of what a small cone costs.
+        """
+        if node not in self.values:
+            if self._evaluating:
+                self._evaluate_cone(node)
+            else:
+                with self.evaluating():
+                    self._evaluate_cone(node)
+        return self.values[node]
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Keeps the modes off across many questions, for a caller asking about every quantize node."""
+        if self._evaluating:
+            yield
+            return
+        with _disable_current_modes(), torch.no_grad():
+            self._evaluating = True
+            try:
+                yield
+            finally:
+                self._evaluating = False
+
+    def _evaluate_cone(self, node: torch.fx.Node) -> None:
+        """Depth first: a node is known once an input is known not constant, or all its inputs are known."""
+        values = self.values
         stack = [node]
         while stack:
             current = stack[-1]
-            if current in self.values:
+            if current in values:
                 stack.pop()
                 continue
-            inputs = current.all_input_nodes
-            if any(self.values.get(item, None) is UNKNOWN for item in inputs):
-                self.values[current] = UNKNOWN
-                stack.pop()
-                continue
-            pending = [item for item in inputs if item not in self.values]
-            if pending:
-                stack.extend(pending)
-                continue
+            pending = []
+            for item in current.all_input_nodes:
+                value = values.get(item, _PENDING)
+                if value is UNKNOWN:
+                    values[current] = UNKNOWN
+                    break
+                if value is _PENDING:
+                    pending.append(item)
+            else:
+                if pending:
+                    stack.extend(pending)
+                    continue
+                values[current] = self._evaluate(current)
             stack.pop()
-            self.values[current] = self._evaluate(current)
-        return self.values[node]
 
     def _evaluate(self, node: torch.fx.Node) -> Any:
+        """The value of a node whose inputs are all known; the refusals come first, cheapest first."""
         if node.op in ("placeholder", "output"):
             return UNKNOWN
+        if node.op == "get_attr":
+            return self._attribute(node)
         if node.op == "call_function" and (
-            node.target is _aten._efficientzerotensor.default
+            ops.is_call(node, IMPURE_OPS)
+            or node.target is _aten._efficientzerotensor.default
             or node.name == "triton_kernel_wrapper_functional_proxy"
             or isinstance(node.target, torch._ops.HigherOrderOperator)
-        ):
-            return UNKNOWN
-        args, kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), self._argument)
-        if node.op != "get_attr" and not any(
-            isinstance(leaf, torch.Tensor) for leaf in pytree.arg_tree_leaves(*args, **kwargs)
         ):
             return UNKNOWN
         if isinstance(node.target, torch._ops.OpOverload) and (
             torch.Tag.nondeterministic_seeded in node.target.tags
         ):
             return UNKNOWN
-        if node.op == "call_function" and ops.is_call(node, IMPURE_OPS):
+        args, kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), self._argument)
+        if not any(isinstance(leaf, torch.Tensor) for leaf in pytree.arg_tree_leaves(*args, **kwargs)):
             return UNKNOWN
         try:
-            with _disable_current_modes(), torch.no_grad():
-                result = self._run(node, args, kwargs)
+            result = self._run(node, args, kwargs)
         except Exception as error:
-            raise StageError(
-                f"evaluating the constant {node.name} failed: {type(error).__name__}: {error}", node=node
-            ) from error
-        if node.op == "get_attr" or not isinstance(result, torch.Tensor) or result.device.type == "meta":
+            raise _failed(node, error) from error
+        if not isinstance(result, torch.Tensor) or result.device.type == "meta":
             return result
         if self._impure(node):
             return UNKNOWN
         self.candidates.add(node)
         return result
 
+    def _attribute(self, node: torch.fx.Node) -> Any:
+        try:
+            return operator.attrgetter(str(node.target))(self.module)
+        except Exception as error:
+            raise _failed(node, error) from error
+
     def _argument(self, argument: Any) -> Any:
         return self.values[argument] if isinstance(argument, torch.fx.Node) else argument
 
     def _run(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
-        if node.op == "get_attr":
-            return operator.attrgetter(str(node.target))(self.module)
         if node.op == "call_function":
             return chunked.quantize(node.target, args, kwargs)
         if node.op == "call_module":
@@ -206,6 +242,12 @@ class ConstantCones:
             if isinstance(source, torch.fx.Node) and source.op == "get_attr":
                 return True
         return any(isinstance(arg, torch.fx.Node) and arg in self._mutable for arg in node.args)
+
+
+def _failed(node: torch.fx.Node, error: Exception) -> StageError:
+    return StageError(
+        f"evaluating the constant {node.name} failed: {type(error).__name__}: {error}", node=node
+    )
 
 
 def _is_weight_only_cast(node: torch.fx.Node) -> bool:
@@ -226,11 +268,14 @@ def _mutated_buffer_producers(module: torch.fx.GraphModule) -> set[torch.fx.Node
     """
     buffers: set[str] | None = None
     found: set[torch.fx.Node] = set()
+    writes: dict[int, bool] = {}
     for node in module.graph.nodes:
-        if node.op != "call_function" or not hasattr(node.target, "_schema"):
+        if node.op != "call_function":
             continue
-        text = str(node.target)
-        if "copy_" not in text and "put_" not in text:
+        key = id(node.target)
+        if key not in writes:
+            writes[key] = _copies_or_puts(node.target)
+        if not writes[key]:
             continue
         if not node.args or not isinstance(node.args[0], torch.fx.Node):
             continue
@@ -245,6 +290,14 @@ def _mutated_buffer_producers(module: torch.fx.GraphModule) -> set[torch.fx.Node
         ):
             found.update(producers)
     return found
+
+
+def _copies_or_puts(target: object) -> bool:
+    """An op torchao's constant folding treats as mutating its first argument, by its name."""
+    if not hasattr(target, "_schema"):
+        return False
+    text = str(target)
+    return "copy_" in text or "put_" in text
 
 
 def _producers(node: torch.fx.Node) -> list[torch.fx.Node] | None:
@@ -268,17 +321,18 @@ def fold_quantize_nodes(module: torch.fx.GraphModule, ctx: Context) -> bool:
     """Fold the constant quantize nodes of one graph module; whether anything changed."""
     graph = module.graph
     cones = ConstantCones(module)
-    folding = [node for node in graph.nodes if ops.is_quantize(node) and cones.folds(node)]
+    with cones.evaluating():
+        folding = [node for node in graph.nodes if ops.is_quantize(node) and cones.folds(node)]
     folded = [_replace_with_buffer(module, node, cones.values[node], ctx) for node in folding]
     changed = bool(folded)
     for node in list(graph.find_nodes(op="get_attr")):
         if not node.users:
             graph.erase_node(node)
             changed = True
-    changed |= graph.eliminate_dead_code()
+    changed |= dead_code.eliminate_dead_code(graph)
     _move_next_to_consumers(graph, folded)
     referenced = _referenced_targets(module)
-    for dotted in unreferenced_tensors(module):
+    for dotted in unreferenced_tensors(module, referenced):
         _delete_attribute(module, dotted, referenced)
         changed = True
     return changed
@@ -348,13 +402,15 @@ def _move_next_to_consumers(graph: torch.fx.Graph, buffers: Iterable[torch.fx.No
             min(attribute.users, key=position.__getitem__).prepend(attribute)
 
 
-def unreferenced_tensors(module: torch.fx.GraphModule) -> list[str]:
+def unreferenced_tensors(module: torch.fx.GraphModule, referenced: set[str] | None = None) -> list[str]:
     """Dotted names of the tensors held by ``module`` that no node of its graph reads.
 
     Parameters, buffers and plain tensor attributes count; nested graph
     modules (loop bodies, branches) hold their own and are not looked into.
+    ``referenced``, the graph's ``get_attr``/``call_module`` targets, when the caller has them.
     """
-    referenced = _referenced_targets(module)
+    if referenced is None:
+        referenced = _referenced_targets(module)
     return [dotted for dotted, _ in _tensor_attributes(module) if not _is_referenced(dotted, referenced)]
 
 
@@ -404,15 +460,16 @@ def weights_folded(graph_module: torch.fx.GraphModule | None) -> list[Violation]
     found = []
     for path, module in quantizable_graph_modules(graph_module):
         cones = ConstantCones(module)
-        for node in module.graph.nodes:
-            if ops.is_quantize(node) and cones.folds(node):
-                found.append(
-                    Violation(
-                        "quantizes constants only: it should have been folded into an int8 buffer",
-                        node=node,
-                        graph=path,
-                    )
+        with cones.evaluating():
+            folding = [node for node in module.graph.nodes if ops.is_quantize(node) and cones.folds(node)]
+        for node in folding:
+            found.append(
+                Violation(
+                    "quantizes constants only: it should have been folded into an int8 buffer",
+                    node=node,
+                    graph=path,
                 )
+            )
         found.extend(
             Violation(f"tensor attribute {dotted!r} is read by no node (a weight left behind?)", graph=path)
             for dotted in unreferenced_tensors(module)

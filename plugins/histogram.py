@@ -6,22 +6,43 @@ model that loop is most of what convert costs. This module runs the same search
 on Python floats and gets the same answer bit for bit: the cumulative sums are
 float32 values read exactly into doubles, and each bound is rounded to float32
 before comparing, which is what comparing a float32 tensor with a Python float
-does. The quantization error of a candidate range, the new bounds and the final
-qparams still come from the observer's own methods.
+does.
+
+Each candidate range the search meets is scored by a quantization error that
+torchao computes with about fifty small tensor ops; :class:`_ErrorModel` gets
+the same float32 value with about half as many (see there). The new bounds and
+the final qparams still come from the observer's own methods.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Iterator
 
+import numpy
 import torch
 from torchao.quantization.pt2e.observer import HistogramObserver
 
 _STEP = 1e-5
+_FLOAT32 = struct.Struct("f")
 
 
 def _float32(value: float) -> float:
-    return struct.unpack("f", struct.pack("f", value))[0]
+    """``value`` rounded to the nearest float32, as a C cast does (beyond the range: infinity)."""
+    try:
+        return float(_FLOAT32.unpack(_FLOAT32.pack(value))[0])
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _cube(value: float) -> float:
+    """``v * v * v`` of a float32 ``v`` in float32 arithmetic.
+
+    A product of two float32 values is exact in a double, so rounding it to
+    float32 is the float32 product.
+    """
+    return _float32(_float32(value * value) * value)
 
 
 def applies_to(observer: object) -> bool:
@@ -33,41 +54,170 @@ def calculate_qparams(observer: HistogramObserver) -> tuple[torch.Tensor, torch.
     """Exactly ``observer.calculate_qparams()``, faster."""
     if observer.min_val == float("inf") and observer.max_val == float("-inf"):
         return observer.calculate_qparams()  # type: ignore[no-any-return]
-    if observer.bins != len(observer.histogram):
+    if observer.bins != len(observer.histogram) or not _ErrorModel.applies_to(observer):
         return observer.calculate_qparams()  # type: ignore[no-any-return]
     new_min, new_max = _search(observer)
     return observer._calculate_qparams(new_min, new_max)  # type: ignore[no-any-return]
 
 
 def _search(observer: HistogramObserver) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's search: shrink the range while the quantization error does not grow."""
     bin_width = (observer.max_val - observer.min_val) / observer.bins
-    total = torch.sum(observer.histogram).item()
-    cumulative = torch.cumsum(observer.histogram, dim=0).tolist()
-    alpha, beta = 0.0, 1.0
+    errors = _ErrorModel(observer)
     start_bin, end_bin = 0, observer.bins - 1
     norm_min = float("inf")
-    while alpha < beta:
-        next_alpha = alpha + _STEP
-        next_beta = beta - _STEP
-        low_bound = _float32(next_alpha * total)
-        high_bound = _float32(next_beta * total)
-        left, right = start_bin, end_bin
-        while left < end_bin and cumulative[left] < low_bound:
-            left += 1
-        while right > start_bin and cumulative[right] > high_bound:
-            right -= 1
-        next_start_bin, next_end_bin = start_bin, end_bin
-        if (left - start_bin) > (end_bin - right):
-            next_start_bin = left
-            alpha = next_alpha
-        else:
-            next_end_bin = right
-            beta = next_beta
-        if next_start_bin == start_bin and next_end_bin == end_bin:
-            continue
-        norm = observer._compute_quantization_error(next_start_bin, next_end_bin)
+    for next_start_bin, next_end_bin in _candidates(observer):
+        norm = errors.error(next_start_bin, next_end_bin)
         if norm > norm_min:
             break
         norm_min = norm
         start_bin, end_bin = next_start_bin, next_end_bin
     return observer.min_val + bin_width * start_bin, observer.min_val + bin_width * (end_bin + 1)
+
+
+def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
+    """The ranges the search scores, in order, each assuming the one before it was kept.
+
+    The search stops at the first range it does not keep, so up to there this
+    is exactly its sequence. A step that moves neither bound bin only lowers
+    ``beta``; such steps come in runs, which :func:`_skip_idle_steps` takes at once.
+    """
+    total = torch.sum(observer.histogram).item()
+    cumulative = torch.cumsum(observer.histogram, dim=0).tolist()
+    alpha, beta = 0.0, 1.0
+    start_bin, end_bin = 0, observer.bins - 1
+    while alpha < beta:
+        next_alpha = alpha + _STEP
+        next_beta = beta - _STEP
+        left = _first_reaching(cumulative, start_bin, end_bin, next_alpha * total)
+        right = _last_within(cumulative, end_bin, start_bin, next_beta * total)
+        if (left - start_bin) > (end_bin - right):
+            alpha = next_alpha
+            start_bin = left
+        else:
+            beta = next_beta
+            if right == end_bin:
+                beta = _skip_idle_steps(cumulative, start_bin, end_bin, alpha, beta, total)
+                continue
+            end_bin = right
+        yield start_bin, end_bin
+
+
+def _skip_idle_steps(
+    cumulative: list[float], start_bin: int, end_bin: int, alpha: float, beta: float, total: float
+) -> float:
+    """``beta`` after the steps that move neither bin, up to the one that moves the end bin.
+
+    A step moved neither bin: the start bin stayed (so alpha stays, and with
+    it the start bin of every following step) and the end bin stayed. Until
+    the end bin moves, each step only takes ``_STEP`` off ``beta``.
+    """
+    last = cumulative[end_bin] if end_bin > start_bin else -math.inf
+    while alpha < beta:
+        next_beta = beta - _STEP
+        high = next_beta * total
+        if last > high and last > _float32(high):
+            return beta
+        beta = next_beta
+    return beta
+
+
+def _first_reaching(cumulative: list[float], start: int, stop: int, bound: float) -> int:
+    """The first bin from ``start`` (at most ``stop``) whose cumulative sum is not below float32 ``bound``.
+
+    ``cumulative[i] < float32(bound)`` implies ``cumulative[i] < bound``:
+    rounding is monotone and a float32 value rounds to itself. So when the
+    first bin is not below ``bound`` itself, no rounding is needed.
+    """
+    index = start
+    if index < stop and cumulative[index] < bound:
+        rounded = _float32(bound)
+        while index < stop and cumulative[index] < rounded:
+            index += 1
+    return index
+
+
+def _last_within(cumulative: list[float], start: int, stop: int, bound: float) -> int:
+    """The last bin from ``start`` down (to ``stop``) whose cumulative sum is not above float32 ``bound``."""
+    index = start
+    if index > stop and cumulative[index] > bound:
+        rounded = _float32(bound)
+        while index > stop and cumulative[index] > rounded:
+            index -= 1
+    return index
+
+
+class _ErrorModel:
+    """``observer._compute_quantization_error(start, end)``, the same float32 value, in fewer ops.
+
+    torchao's error is a sum over source bins of three float32 terms. Here each
+    term is computed by the same float32 operations on the same operands, in
+    the same order, and summed by the same tensor ``sum()``, except that:
+
+    - what depends on the observer only is computed once: the source bin
+      edges for every start bin (the edges for one start bin are a slice of
+      them, each element the same op on the same values) and the density;
+    - what is the same for every bin is computed once on Python floats: the
+      cube of half a destination bin and the middle term's factor. torchao
+      computes them on 0-d float32 tensors or tensors filled with one value;
+      rounding the exact double result of each ``*``, ``-`` and ``/`` of
+      float32 values to float32 is that float32 op, as a double has more than
+      twice float32's precision;
+    - the element-wise ``+``, ``-``, ``*`` and ``/`` run in NumPy on views of
+      the same memory: IEEE float32 arithmetic is correctly rounded in both
+      libraries, and NumPy's call costs a third of a tensor op's. The floor
+      divisions and clamps, where the libraries' algorithms could differ, stay
+      tensor ops;
+    - the running sum starts from the first term, not from zeros plus it,
+      which can only turn a -0.0 into +0.0, and the error is only compared.
+    """
+
+    def __init__(self, observer: HistogramObserver) -> None:
+        bins = observer.bins
+        self.bins = bins
+        self.dst_nbins = observer.dst_nbins
+        self.bin_width = (observer.max_val.item() - observer.min_val.item()) / bins
+        self.begins = torch.arange(-(bins - 1), bins) * self.bin_width
+        self.ends = self.begins + self.bin_width
+        self.density = (observer.histogram / self.bin_width).numpy()
+
+    @staticmethod
+    def applies_to(observer: HistogramObserver) -> bool:
+        """The float32 CPU histograms the model reproduces; others keep torchao's own method."""
+        return (
+            observer.histogram.dtype == torch.float32
+            and observer.histogram.device.type == "cpu"
+            and observer.histogram.dim() == 1
+            and torch.get_default_dtype() == torch.float32
+        )
+
+    def error(self, start_bin: int, end_bin: int) -> float:
+        dst_bin_width = self.bin_width * (end_bin - start_bin + 1) / self.dst_nbins
+        if dst_bin_width == 0.0:
+            return 0.0
+        offset = self.bins - 1 - start_bin
+        begin = self.begins[offset : offset + self.bins]
+        end = self.ends[offset : offset + self.bins]
+        last = self.dst_nbins - 1
+        dst_of_begin = torch.div(begin, dst_bin_width, rounding_mode="floor").clamp_(0, last).numpy()
+        dst_of_end = torch.div(end, dst_bin_width, rounding_mode="floor").clamp_(0, last).numpy()
+        width = numpy.float32(_float32(dst_bin_width))
+        half = _float32(dst_bin_width / 2)
+        minus_half = _float32(-dst_bin_width / 2)
+        whole_bin = _float32(_float32(_cube(half) - _cube(minus_half)) / 3)
+        with numpy.errstate(all="ignore"):
+            delta_begin = begin.numpy() - (dst_of_begin + _ONE_HALF) * width
+            norm = self.density * (
+                (numpy.float32(_cube(half)) - delta_begin * delta_begin * delta_begin) / _THREE
+            )
+            norm += (dst_of_end - dst_of_begin - _ONE) * (self.density * numpy.float32(whole_bin))
+            delta_end = end.numpy() - (dst_of_end * width + numpy.float32(half))
+            norm += self.density * (
+                (delta_end * delta_end * delta_end - numpy.float32(_cube(minus_half))) / _THREE
+            )
+        return float(torch.from_numpy(norm).sum().item())
+
+
+_ONE = numpy.float32(1)
+_ONE_HALF = numpy.float32(0.5)
+_THREE = numpy.float32(3)

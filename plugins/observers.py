@@ -112,10 +112,15 @@ def has_seen_data(module: torch.nn.Module) -> bool:
         low = getattr(module, "min_val", None)
         high = getattr(module, "max_val", None)
         if isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor):
-            if low.numel() == 0 or high.numel() == 0:
-                return False
-            return bool(torch.isfinite(low).all() and torch.isfinite(high).all())
+            return _all_finite(low) and _all_finite(high)
     return True
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """Non-empty and finite; a one-element float tensor is read as a Python float, which keeps inf and NaN."""
+    if values.numel() == 1 and values.is_floating_point():
+        return math.isfinite(values.item())
+    return values.numel() > 0 and bool(torch.isfinite(values).all())
 
 
 def summary(module: torch.nn.Module) -> dict[str, Any]:

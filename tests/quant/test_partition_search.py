@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.fx.passes.utils.source_matcher_utils import get_source_partitions
 from torchao.quantization.pt2e import graph_utils
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
 from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -21,7 +22,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 
 from pipeline import Pipeline
 from plugins.annotation import ANNOTATION_KEY
-from plugins.partition_search import faster_partition_search, find_sequential_partitions
+from plugins.partition_search import faster_partition_search, find_sequential_partitions, source_partitions
 
 TORCHAO_SEARCH = graph_utils.find_sequential_partitions
 
@@ -187,3 +188,105 @@ def test_the_annotate_stage_uses_it_and_annotates_as_torchaos_search_does(qat: b
     assert calls["ours"] > 0
     assert annotations(annotated_fast.graph_module) == annotations(annotated_slow.graph_module)
     assert x86_inductor_quantizer.find_sequential_partitions is TORCHAO_SEARCH
+
+
+class Encoder(nn.Module):
+    """Linear layers, a layer norm, matmuls and chunks: functions and modules of several kinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.qkv = nn.Linear(8, 24)
+        self.out = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        attention = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return F.relu(self.out(attention)) + x
+
+
+def source_graphs() -> list[torch.fx.Graph]:
+    """Graphs filed by ``torch_fn`` and module stacks (non-strict export) and by ``source_fn_stack`` (strict)."""
+    example = (torch.randn(2, 5, 8),)
+    graphs = [
+        torch.export.export(Encoder().eval(), example, strict=strict).module().graph
+        for strict in (False, True)
+    ]
+    graphs.append(exported_blocks(list(SKIPS), train=False).graph)
+    return graphs
+
+
+WANTED = [
+    [nn.Linear],
+    [nn.Linear, F.linear],
+    [nn.LayerNorm, nn.Linear],
+    [nn.Conv2d, F.conv2d],
+    [nn.ReLU, F.relu, "relu"],
+    ["linear", "matmul", "chunk"],
+    [operator.add, torch.add, "add"],
+    ["softmax", torch.softmax, nn.Softmax],
+    [Encoder],
+    [f"{Encoder.__module__}.{Encoder.__qualname__}", nn.LayerNorm],
+    [nn.Module],
+    [nn.Linear, nn.Linear],
+    [],
+]
+
+
+def partitions_as_data(found: dict) -> list:
+    return [
+        (
+            source,
+            [
+                (
+                    [node.name for node in part.nodes],
+                    part.source,
+                    [node.name for node in part.input_nodes],
+                    [node.name for node in part.output_nodes],
+                    [node.name for node in part.params],
+                )
+                for part in parts
+            ],
+        )
+        for source, parts in found.items()
+    ]
+
+
+@pytest.mark.parametrize("wanted", WANTED, ids=str)
+def test_the_source_index_gives_fxs_partitions_in_fxs_order(wanted: list) -> None:
+    def not_in_second_block(node: torch.fx.Node) -> bool:
+        return "blocks.1" not in str(node.meta.get("nn_module_stack", {})) and node.name != "linear_1"
+
+    for graph in source_graphs():
+        for filter_fn in (None, not_in_second_block):
+            expected = get_source_partitions(graph, wanted, filter_fn)
+            assert partitions_as_data(source_partitions(graph, wanted, filter_fn)) == partitions_as_data(
+                expected
+            )
+
+
+def test_the_index_finds_something_in_every_kind_of_graph() -> None:
+    for graph in source_graphs():
+        found = source_partitions(graph, [nn.Linear, nn.Conv2d, nn.ReLU, F.relu, "relu"])
+        assert any(found.values())
+
+
+def test_an_index_kept_while_annotating_follows_a_graph_that_changed() -> None:
+    graph_module = torch.export.export(Encoder().eval(), (torch.randn(2, 5, 8),)).module()
+    graph = graph_module.graph
+    with faster_partition_search():
+        before = source_partitions(graph, [nn.Linear])
+        linear = next(node for node in graph.nodes if node.target is torch.ops.aten.linear.default)
+        with graph.inserting_after(linear):
+            copy_ = graph.node_copy(linear)
+        after = source_partitions(graph, [nn.Linear])
+        assert partitions_as_data(after) == partitions_as_data(get_source_partitions(graph, [nn.Linear]))
+        assert copy_ in after[nn.Linear][0].nodes and copy_ not in before[nn.Linear][0].nodes
+
+
+def test_unhashable_sources_fall_back_to_fxs_own_search() -> None:
+    graph = source_graphs()[0]
+    wanted = [[nn.Linear], nn.Linear]
+    assert partitions_as_data(source_partitions(graph, wanted)) == partitions_as_data(
+        get_source_partitions(graph, wanted)
+    )

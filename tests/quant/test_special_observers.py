@@ -17,7 +17,7 @@ from torchao.quantization.pt2e._affine_quantization import (
     AffineQuantizedMinMaxObserver,
     AffineQuantizedPlaceholderObserver,
 )
-from torchao.quantization.pt2e.observer import PlaceholderObserver
+from torchao.quantization.pt2e.observer import MinMaxObserver, PerChannelMinMaxObserver, PlaceholderObserver
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e as torchao_convert_pt2e
 from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as torchao_prepare_pt2e
 from torchao.quantization.pt2e.quantizer import (
@@ -29,6 +29,7 @@ from torchao.quantization.pt2e.quantizer import (
 from zoo.compare import assert_same_quantized
 
 from pipeline.pt2e import convert_pt2e, prepare_pt2e
+from plugins.observers import has_seen_data
 
 
 class LinearSigmoid(torch.nn.Module):
@@ -154,3 +155,24 @@ def test_a_fixed_qparams_spec_keeps_its_scale_and_zero_point():
     assert [(node.args[1], node.args[2], node.args[5]) for node in sigmoid_q] == [
         (1.0 / 256.0, 0, torch.uint8)
     ]
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "seen"),
+    [
+        (-1.0, 2.0, True),
+        (float("inf"), float("-inf"), False),
+        (0.0, float("nan"), False),
+        (float("-inf"), 1.0, False),
+    ],
+)
+def test_a_min_max_observer_has_seen_data_when_its_range_is_finite(
+    low: float, high: float, seen: bool
+) -> None:
+    per_tensor = MinMaxObserver()
+    per_tensor.min_val, per_tensor.max_val = torch.tensor(low), torch.tensor(high)
+    per_channel = PerChannelMinMaxObserver()
+    per_channel.min_val, per_channel.max_val = torch.tensor([0.0, low]), torch.tensor([1.0, high])
+    assert has_seen_data(per_tensor) is seen
+    assert has_seen_data(per_channel) is seen
+    assert has_seen_data(PerChannelMinMaxObserver()) is False
