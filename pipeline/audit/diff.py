@@ -82,6 +82,8 @@ class Differ:
         self._describers = describers
 
     def changes(self, before: GraphSnapshot, after: GraphSnapshot, log: Sequence[HookEntry]) -> StageChanges:
+        if _same_graphs(before, after):
+            return self._changes_in_place(before, after, log)
         survivors = _survivors(before, after)
         translate = {survivor.old: survivor.new for survivor in survivors}
         kept_new = set(translate.values())
@@ -126,6 +128,77 @@ class Differ:
                 out.append(event)
                 rewired += event[0] == events.NODE_REWIRED
         out.extend(_moves(before, after, survivors))
+        return StageChanges(tuple(out), added, removed, rewired)
+
+    def _changes_in_place(
+        self, before: GraphSnapshot, after: GraphSnapshot, log: Sequence[HookEntry]
+    ) -> StageChanges:
+        """:meth:`changes` when the stage kept every graph object: survivors are the same nodes.
+
+        The same events as the general way, found with set operations on the
+        snapshots' node tables instead of a translation table per node.
+        """
+        kept: set[torch.fx.Node] = set()
+        born: dict[str, list[torch.fx.Node]] = {}
+        gone: dict[str, list[torch.fx.Node]] = {}
+        for path, new_records in after.graphs.items():
+            old_records = before.graphs[path]
+            common = old_records.keys() & new_records.keys()
+            kept |= common
+            if len(common) != len(new_records):
+                born[path] = [node for node in new_records if node not in common]
+            if len(common) != len(old_records):
+                gone[path] = [node for node in old_records if node not in common]
+        replacements = _replacements(log)
+        replaced_by = {merged.old: merged.new_name for merged in replacements.values()}
+        sources: dict[str, list[str]] = {}
+        for merged in replacements.values():
+            sources.setdefault(merged.new_name, []).append(merged.old.name)
+        out: list[Event] = []
+        hooked: set[torch.fx.Node] = set()
+        added = removed = 0
+        for entry in log:
+            if isinstance(entry, Created) and entry.node not in kept:
+                hooked.add(entry.node)
+                record = after.record(entry.graph, entry.node)
+                out.append(self._created(entry.node, entry.graph, record, entry.origin, sources))
+                added += record is not None
+            elif isinstance(entry, Erased) and entry.node not in kept:
+                hooked.add(entry.node)
+                prior = before.record(entry.graph, entry.node)
+                out.append(self._erased(entry.graph, prior or entry.record, replaced_by.get(entry.node)))
+                removed += prior is not None
+            elif isinstance(entry, Replaced):
+                key = (entry.old, entry.new_name)
+                if key in replacements:
+                    out.append(_replaced(replacements.pop(key)))
+        for path, nodes in born.items():
+            for node in nodes:
+                if node not in hooked:
+                    out.append(self._created(node, path, after.graphs[path][node], None, sources))
+                    added += 1
+        for path, nodes in gone.items():
+            for node in nodes:
+                if node not in hooked:
+                    out.append(self._erased(path, before.graphs[path][node], replaced_by.get(node)))
+                    removed += 1
+        rewired = 0
+        identity: dict[torch.fx.Node, torch.fx.Node] = {}
+        for path, old_records in before.graphs.items():
+            new_records = after.graphs[path]
+            for node, old in old_records.items():
+                new = new_records.get(node)
+                if new is None or old == new or old[:6] == new[:6]:
+                    continue
+                for event in self._survivor_events(_Survivor(path, node, node), old, new, identity):
+                    out.append(event)
+                    rewired += event[0] == events.NODE_REWIRED
+        for path, old_records in before.graphs.items():
+            new_records = after.graphs[path]
+            old_order = [node for node in old_records if node in new_records]
+            new_order = [node for node in new_records if node in old_records]
+            if old_order != new_order:
+                out.extend(_moves(before, after, [_Survivor(path, node, node) for node in old_order]))
         return StageChanges(tuple(out), added, removed, rewired)
 
     def _created(
@@ -232,6 +305,13 @@ class Differ:
         for describer in describers:
             details.update(serialize.detail(dict(describer.describe(node))))
         return details
+
+
+def _same_graphs(before: GraphSnapshot, after: GraphSnapshot) -> bool:
+    """Whether the stage kept the graphs: the same paths, each the same graph object."""
+    return before.graphs.keys() == after.graphs.keys() and all(
+        before.graph_objects.get(path) is after.graph_objects.get(path) is not None for path in before.graphs
+    )
 
 
 def _replacements(log: Sequence[HookEntry]) -> dict[tuple[torch.fx.Node, str], Replaced]:
