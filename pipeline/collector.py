@@ -22,11 +22,11 @@ def spared() -> Iterator[None]:
     of thousands of short-lived objects per rewritten node (snapshots and
     signatures live for a stage), so the youngest generation is collected
     every ``_YOUNG_THRESHOLD`` allocations rather than every 700: most of those
-    objects are gone before a collection would walk them. The older generations are left for after the block: what
-    survives a young collection there is mostly the run's own graph and
-    trail, which a full collection would walk again and again (on a 9,000-node
-    graph, half a second per convert) to find nothing; cycles that die young
-    are still collected. The thresholds are restored afterwards.
+    objects are gone before a collection would walk them. The older
+    generations are left for after the block: what survives a young
+    collection is mostly the run's own graph and trail, which older
+    collections would walk again and again to find nothing; cycles that die
+    young are still collected. The thresholds are restored afterwards.
     """
     if not gc.isenabled():
         yield
