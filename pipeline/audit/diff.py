@@ -11,7 +11,7 @@ node event therefore states the true difference, whatever API the stage used.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import attrs
@@ -66,6 +66,18 @@ class StageChanges:
     rewired: int
 
 
+@attrs.define
+class _HookEvents:
+    """What the hook log yields: events so far, the nodes they covered, and the replacement tables."""
+
+    events: list[Event]
+    hooked: set[torch.fx.Node]
+    added: int
+    removed: int
+    replaced_by: dict[torch.fx.Node, str]
+    sources: dict[str, list[str]]
+
+
 class _Survivor(NamedTuple):
     """A node present before and after the stage (``old`` and ``new`` differ only in a swapped graph)."""
 
@@ -87,36 +99,16 @@ class Differ:
         survivors = _survivors(before, after)
         translate = {survivor.old: survivor.new for survivor in survivors}
         kept_new = set(translate.values())
-        replacements = _replacements(log)
-        replaced_by = {merged.old: merged.new_name for merged in replacements.values()}
-        sources: dict[str, list[str]] = {}
-        for merged in replacements.values():
-            sources.setdefault(merged.new_name, []).append(merged.old.name)
-        out: list[Event] = []
-        hooked: set[torch.fx.Node] = set()
-        added = removed = 0
-        for entry in log:
-            if isinstance(entry, Created) and entry.node not in kept_new:
-                hooked.add(entry.node)
-                record = after.record(entry.graph, entry.node)
-                out.append(self._created(entry.node, entry.graph, record, entry.origin, sources))
-                added += record is not None
-            elif isinstance(entry, Erased) and entry.node not in translate:
-                hooked.add(entry.node)
-                prior = before.record(entry.graph, entry.node)
-                out.append(self._erased(entry.graph, prior or entry.record, replaced_by.get(entry.node)))
-                removed += prior is not None
-            elif isinstance(entry, Replaced):
-                key = (entry.old, entry.new_name)
-                if key in replacements:
-                    out.append(_replaced(replacements.pop(key)))
+        hooks = self._hook_events(before, after, log, kept_new, translate)
+        out, hooked = hooks.events, hooks.hooked
+        added, removed = hooks.added, hooks.removed
         for graph, node, record in _unmatched(after, before, kept_new):
             if node not in hooked:
-                out.append(self._created(node, graph, record, None, sources))
+                out.append(self._created(node, graph, record, None, hooks.sources))
                 added += 1
         for graph, node, record in _unmatched(before, after, translate):
             if node not in hooked:
-                out.append(self._erased(graph, record, replaced_by.get(node)))
+                out.append(self._erased(graph, record, hooks.replaced_by.get(node)))
                 removed += 1
         rewired = 0
         for survivor in survivors:
@@ -149,38 +141,18 @@ class Differ:
                 born[path] = [node for node in new_records if node not in common]
             if len(common) != len(old_records):
                 gone[path] = [node for node in old_records if node not in common]
-        replacements = _replacements(log)
-        replaced_by = {merged.old: merged.new_name for merged in replacements.values()}
-        sources: dict[str, list[str]] = {}
-        for merged in replacements.values():
-            sources.setdefault(merged.new_name, []).append(merged.old.name)
-        out: list[Event] = []
-        hooked: set[torch.fx.Node] = set()
-        added = removed = 0
-        for entry in log:
-            if isinstance(entry, Created) and entry.node not in kept:
-                hooked.add(entry.node)
-                record = after.record(entry.graph, entry.node)
-                out.append(self._created(entry.node, entry.graph, record, entry.origin, sources))
-                added += record is not None
-            elif isinstance(entry, Erased) and entry.node not in kept:
-                hooked.add(entry.node)
-                prior = before.record(entry.graph, entry.node)
-                out.append(self._erased(entry.graph, prior or entry.record, replaced_by.get(entry.node)))
-                removed += prior is not None
-            elif isinstance(entry, Replaced):
-                key = (entry.old, entry.new_name)
-                if key in replacements:
-                    out.append(_replaced(replacements.pop(key)))
+        hooks = self._hook_events(before, after, log, kept, kept)
+        out, hooked = hooks.events, hooks.hooked
+        added, removed = hooks.added, hooks.removed
         for path, nodes in born.items():
             for node in nodes:
                 if node not in hooked:
-                    out.append(self._created(node, path, after.graphs[path][node], None, sources))
+                    out.append(self._created(node, path, after.graphs[path][node], None, hooks.sources))
                     added += 1
         for path, nodes in gone.items():
             for node in nodes:
                 if node not in hooked:
-                    out.append(self._erased(path, before.graphs[path][node], replaced_by.get(node)))
+                    out.append(self._erased(path, before.graphs[path][node], hooks.replaced_by.get(node)))
                     removed += 1
         rewired = 0
         identity: dict[torch.fx.Node, torch.fx.Node] = {}
@@ -200,6 +172,40 @@ class Differ:
             if old_order != new_order:
                 out.extend(_moves(before, after, [_Survivor(path, node, node) for node in old_order]))
         return StageChanges(tuple(out), added, removed, rewired)
+
+    def _hook_events(
+        self,
+        before: GraphSnapshot,
+        after: GraphSnapshot,
+        log: Sequence[HookEntry],
+        kept_new: Container[torch.fx.Node],
+        kept_old: Container[torch.fx.Node],
+    ) -> _HookEvents:
+        """The events of what the hooks saw happen to nodes that did not survive, in the order it happened."""
+        replacements = _replacements(log)
+        replaced_by = {merged.old: merged.new_name for merged in replacements.values()}
+        sources: dict[str, list[str]] = {}
+        for merged in replacements.values():
+            sources.setdefault(merged.new_name, []).append(merged.old.name)
+        found = _HookEvents([], set(), 0, 0, replaced_by, sources)
+        for entry in log:
+            if isinstance(entry, Created) and entry.node not in kept_new:
+                found.hooked.add(entry.node)
+                record = after.record(entry.graph, entry.node)
+                found.events.append(self._created(entry.node, entry.graph, record, entry.origin, sources))
+                found.added += record is not None
+            elif isinstance(entry, Erased) and entry.node not in kept_old:
+                found.hooked.add(entry.node)
+                prior = before.record(entry.graph, entry.node)
+                found.events.append(
+                    self._erased(entry.graph, prior or entry.record, replaced_by.get(entry.node))
+                )
+                found.removed += prior is not None
+            elif isinstance(entry, Replaced):
+                key = (entry.old, entry.new_name)
+                if key in replacements:
+                    found.events.append(_replaced(replacements.pop(key)))
+        return found
 
     def _created(
         self,
