@@ -140,7 +140,8 @@ class Runner:
             declared = step.stage.run(ctx)
             step.seconds = time.perf_counter() - started
             step.declared_change = None if declared is None else bool(declared)
-            step.after, step.after_signature = self._snapshot_after(ctx.graph_module)
+            step.after = self._snapshot_after(ctx.graph_module)
+            step.after_signature = step.after.signature
             self._verify(step)
             while pending:
                 pending[-1].after_stage(step)
@@ -189,13 +190,11 @@ class Runner:
                 )
         return last[2]
 
-    def _snapshot_after(
-        self, graph_module: torch.fx.GraphModule | None
-    ) -> tuple[GraphSnapshot, IdentitySignature | None]:
-        """The stage's result and its signature, taken in one walk."""
+    def _snapshot_after(self, graph_module: torch.fx.GraphModule | None) -> GraphSnapshot:
+        """The stage's result, with its signature taken in the same walk."""
         snapshot = GraphSnapshot.take(graph_module, self._meta_fields, signed=True)
         self._last = (graph_module, snapshot.signature, snapshot)
-        return snapshot, snapshot.signature
+        return snapshot
 
     def _verify(self, step: StageRun) -> None:
         assert step.before is not None and step.after is not None

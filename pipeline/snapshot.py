@@ -64,11 +64,12 @@ class GraphSnapshot:
         graphs: dict[str, dict[torch.fx.Node, NodeRecord]],
         meta_keys: tuple[str, ...],
         graph_objects: dict[str, torch.fx.Graph] | None = None,
+        signature: IdentitySignature | None = None,
     ) -> None:
         self.graphs = graphs
         self.meta_keys = meta_keys
         self.graph_objects = graph_objects or {}
-        self.signature: IdentitySignature | None = None
+        self.signature = signature
         self._structure_of: GraphSnapshot | None = None
 
     @classmethod
@@ -88,9 +89,7 @@ class GraphSnapshot:
         objects: dict[str, torch.fx.Graph] = {}
         keys = tuple(field.key for field in meta_fields)
         if graph_module is None:
-            empty = cls(graphs, keys)
-            empty.signature = IdentitySignature([]) if signed else None
-            return empty
+            return cls(graphs, keys, signature=IdentitySignature([]) if signed else None)
         fields = [(field.key, field.snapshot) for field in meta_fields]
         new = NodeRecord._make
         every_meta: list[tuple[tuple[str, Any], ...]] = []
@@ -117,11 +116,10 @@ class GraphSnapshot:
                 )
             graphs[path] = records
             objects[path] = module.graph
-        snapshot = cls(graphs, keys, objects)
-        if signed:
-            nodes = [node for records in graphs.values() for node in records]
-            snapshot.signature = IdentitySignature(nodes, every_meta)
-        return snapshot
+        if not signed:
+            return cls(graphs, keys, objects)
+        nodes = [node for records in graphs.values() for node in records]
+        return cls(graphs, keys, objects, IdentitySignature(nodes, every_meta))
 
     @functools.cached_property
     def fingerprint(self) -> str:

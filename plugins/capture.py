@@ -94,7 +94,7 @@ class Capture(Stage):
         return None
 
     def run(self, ctx: Context) -> bool:
-        if ctx.graph_module is not None:
+        if self.skip_reason(ctx) is not None:
             return False
         model = ctx.inputs.get("model")
         if not isinstance(model, torch.nn.Module):

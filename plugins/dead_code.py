@@ -6,7 +6,7 @@ of a few hundred nodes that is most of what a small stage costs. A node is
 erased when it has no users and is not impure, so asking only the nodes that
 have no users erases the same nodes, in the same (reverse) order. The lint is
 left to the pipeline's own checks after each stage. Nested graph modules read
-by a ``get_attr`` are cleaned and recompiled, as FX does.
+by a ``get_attr`` are cleaned, as FX does, and recompiled when that changed them.
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ from torch._guards import TracingContext
 
 def eliminate_dead_code(graph: torch.fx.Graph) -> bool:
     """Erase every unused, pure node of ``graph`` and of its nested graphs; whether any was erased."""
+    changed = erase_unused(graph)
+    return _clean_nested_graphs(graph) or changed
+
+
+def erase_unused(graph: torch.fx.Graph) -> bool:
+    """Erase the unused, pure nodes of ``graph`` alone (last first); whether any was erased."""
     impure_random = _random_ops_are_impure()
     changed = False
     for node in reversed(graph.nodes):
         if not node.users and not node.is_impure(impure_random):
             graph.erase_node(node)
             changed = True
-    return _clean_nested_graphs(graph) or changed
+    return changed
 
 
 def _random_ops_are_impure() -> bool:
@@ -42,7 +48,7 @@ def _clean_nested_graphs(graph: torch.fx.Graph) -> bool:
     read = {node.target for node in graph.find_nodes(op="get_attr")}
     changed = False
     for name, child in owner.named_children():
-        if name in read and isinstance(child, torch.fx.GraphModule):
-            changed |= eliminate_dead_code(child.graph)
+        if name in read and isinstance(child, torch.fx.GraphModule) and eliminate_dead_code(child.graph):
             child.recompile()
+            changed = True
     return changed

@@ -78,6 +78,7 @@ import torch
 import torch.fx
 
 from pipeline import Context, Stage, StageError, Violation, condition
+from plugins import dead_code
 from plugins.attributes import (
     NotAnAttribute,
     attribute_reads,
@@ -195,7 +196,7 @@ def _fold_graph(
                     folded.append(_fold(path, graph_module, found, uses))
             elif isinstance(found, str) and on_skip is not None:
                 on_skip(Skipped(path, batch_norm, batch_norm.args[0], found))
-    _drop_dead_nodes(graph)
+    dead_code.erase_unused(graph)
     if recompile:
         graph_module.recompile()
     return folded
@@ -389,13 +390,6 @@ def _erase_batch_norm(graph: torch.fx.Graph, batch_norm: torch.fx.Node, uses: Co
     for node in inputs:
         uses[str(node.target)] -= 1
         if not node.users:
-            graph.erase_node(node)
-
-
-def _drop_dead_nodes(graph: torch.fx.Graph) -> None:
-    """torchao's final dead-code elimination, once: side-effect-free nodes nobody reads."""
-    for node in reversed(graph.nodes):
-        if not node.users and not node.is_impure():
             graph.erase_node(node)
 
 

@@ -344,7 +344,7 @@ class FoldConvBatchNorm(Stage):
     def run(self, ctx: Context) -> bool | None:
         graph_module = ctx.graph_module
         assert graph_module is not None
-        if not find_batch_norms(graph_module.graph):
+        if self.skip_reason(ctx) is not None:
             return False
 
         def origin(simulation: Simulation) -> Any:

@@ -250,7 +250,7 @@ class FuseConvBatchNorm(Stage):
         return None if ctx.inputs.get("is_qat") else "not a QAT run"
 
     def run(self, ctx: Context) -> bool | None:
-        if not ctx.inputs.get("is_qat"):
+        if self.skip_reason(ctx) is not None:
             return False
         graph_module = ctx.graph_module
         assert graph_module is not None

@@ -156,6 +156,7 @@ class Differ:
                     removed += 1
         rewired = 0
         identity: dict[torch.fx.Node, torch.fx.Node] = {}
+        moved: list[_Survivor] = []
         for path, old_records in before.graphs.items():
             new_records = after.graphs[path]
             for node, old in old_records.items():
@@ -165,12 +166,10 @@ class Differ:
                 for event in self._survivor_events(_Survivor(path, node, node), old, new, identity):
                     out.append(event)
                     rewired += event[0] == events.NODE_REWIRED
-        for path, old_records in before.graphs.items():
-            new_records = after.graphs[path]
             old_order = [node for node in old_records if node in new_records]
-            new_order = [node for node in new_records if node in old_records]
-            if old_order != new_order:
-                out.extend(_moves(before, after, [_Survivor(path, node, node) for node in old_order]))
+            if old_order != [node for node in new_records if node in old_records]:
+                moved.extend(_Survivor(path, node, node) for node in old_order)
+        out.extend(_moves(before, after, moved))
         return StageChanges(tuple(out), added, removed, rewired)
 
     def _hook_events(
@@ -371,13 +370,12 @@ def _moves(before: GraphSnapshot, after: GraphSnapshot, survivors: Sequence[_Sur
     run of old positions; every other survivor was moved.
     """
     by_graph: dict[str, dict[torch.fx.Node, torch.fx.Node]] = {}
-    kept: dict[str, set[torch.fx.Node]] = {}
     for survivor in survivors:
         by_graph.setdefault(survivor.graph, {})[survivor.new] = survivor.old
-        kept.setdefault(survivor.graph, set()).add(survivor.old)
     for path, old_of in by_graph.items():
         order = [node for node in after.graphs[path] if node in old_of]
-        if [old_of[node] for node in order] == [node for node in before.graphs[path] if node in kept[path]]:
+        kept = set(old_of.values())
+        if [old_of[node] for node in order] == [node for node in before.graphs[path] if node in kept]:
             continue
         old_position = {node: index for index, node in enumerate(before.graphs[path])}
         staying = _longest_increasing(order, [old_position[old_of[node]] for node in order])
