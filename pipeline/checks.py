@@ -24,7 +24,7 @@ from pipeline.instrumentation import Instrumentation
 from pipeline.naming import describe_node, user_frame
 from pipeline.options import CheckMode
 from pipeline.plugin_info import Provided
-from pipeline.signature import IdentitySignature
+from pipeline.reading import Reader
 
 if TYPE_CHECKING:
     from pipeline.run_state import RunState
@@ -84,40 +84,21 @@ class Checker(Instrumentation):
     def _check_all(
         self, names: Sequence[str], step: StageRun, *, before: bool
     ) -> list[tuple[str, list[Violation]]]:
-        """Check the conditions, then prove with one signature that none of them changed the graph.
+        """Check the conditions, noting each as a reader of the graph.
 
-        The checker is the innermost instrumentation: after a stage it runs first,
-        so the runner's signature of the stage's result (when it took one) is its
-        starting point; before a stage it runs last, so its final signature is
-        the runner's starting point. When every instrumentation only reads, the
-        runner carries the signature the last stage's checks ended with to the
-        next stage's, since nothing can have changed in between.
+        Whether they only read is proven once for every reader between two
+        stages (see :mod:`pipeline.reading`), not around each check.
         """
         if not names:
             return []
         graph_module = step.ctx.graph_module
-        known = step.before_signature if before else step.after_signature
-        start = IdentitySignature.of(graph_module) if known is None else known
-        if not before:
-            step.after_signature = start
-        results = [(name, self._check(name, graph_module, step)) for name in names]
-        end = IdentitySignature.of(graph_module)
-        if end != start:
-            raise StageFailedError(
-                f"{self._describe_checkers(names)} changed the graph while checking it around stage "
-                f"{step.stage.name!r}; a condition's check must only read",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
-            )
-        if before:
-            step.before_signature = end
-        return results
-
-    def _describe_checkers(self, names: Sequence[str]) -> str:
-        described = [f"{name!r} (plugin {self._conditions[name].plugin})" for name in names]
-        if len(described) == 1:
-            return f"condition {described[0]}"
-        return "one of the conditions " + ", ".join(described)
+        where = f"{'before' if before else 'after'} stage {step.stage.name!r}"
+        if self._run is not None:
+            for name in names:
+                plugin = self._conditions[name].plugin
+                who = f"the check of condition {name!r} (plugin {plugin}) {where}"
+                self._run.proof.read_by(Reader(who, step.stage.name, plugin.name))
+        return [(name, self._check(name, graph_module, step)) for name in names]
 
     def _check(self, name: str, graph_module: torch.fx.GraphModule | None, step: StageRun) -> list[Violation]:
         provided = self._conditions[name]

@@ -1,4 +1,14 @@
-"""Sparing the cyclic garbage collector the objects a run starts with."""
+"""Sparing the cyclic garbage collector the objects a run keeps.
+
+A large exported graph means hundreds of thousands of objects (nodes,
+metadata, fake tensors), and a run adds as many again: its private graph,
+the snapshots around each stage, the audit trail. Nearly all of them live
+until the run ends, and nearly all of what dies is freed by reference
+counting the moment it is dropped: a whole Llama convert leaves a few dozen
+objects in reference cycles. Every collection that walks the live objects
+is thus wasted work, and CPython walks the youngest generation every 700
+new objects.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +18,27 @@ from collections.abc import Iterator
 
 _YOUNG_THRESHOLD = 1_000_000
 _OLDER_THRESHOLD = 1000
+_depth = 0
 
 
 @contextlib.contextmanager
 def spared() -> Iterator[None]:
-    """Keep the cyclic garbage collector off the objects that existed before the block.
+    """Keep the cyclic garbage collector off the objects the block keeps alive.
 
-    A large exported graph means hundreds of thousands of objects (nodes,
-    metadata, fake tensors); every full collection would walk them all while
-    a run allocates. Freezing them for the block (``gc.freeze``) leaves the
-    collector to what the block itself allocates; they are handed back
-    afterwards (``gc.unfreeze``), as they were. The block allocates in bursts
-    of thousands of short-lived objects per rewritten node (snapshots and
-    signatures live for a stage), so the youngest generation is collected
-    every ``_YOUNG_THRESHOLD`` allocations rather than every 700: most of those
-    objects are gone before a collection would walk them. The older
-    generations are left for after the block: what survives a young
-    collection is mostly the run's own graph and trail, which older
-    collections would walk again and again to find nothing; cycles that die
-    young are still collected. The thresholds are restored afterwards.
+    On entry the objects that exist are frozen (``gc.freeze``), so that no
+    collection walks them; during the block the youngest generation is
+    collected every ``_YOUNG_THRESHOLD`` new objects rather than every 700,
+    which still bounds the cycles a stage leaves (calibration runs the
+    user's model over and over), and the older generations not at all; at
+    every stage boundary :func:`settle` freezes what survived. On exit
+    everything is handed back to the collector as its oldest generation
+    (``gc.unfreeze``), without being walked, and the thresholds are restored.
+    The cycles left among the run's objects are collected by the next full
+    collection. Nested blocks (a stage running a pipeline of its own) leave
+    all this to the outermost.
     """
-    if not gc.isenabled():
+    global _depth
+    if not gc.isenabled() or _depth:
         yield
         return
     thresholds = gc.get_threshold()
@@ -38,8 +48,17 @@ def spared() -> Iterator[None]:
         max(thresholds[1], _OLDER_THRESHOLD),
         max(thresholds[2], _OLDER_THRESHOLD),
     )
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
+        gc.freeze()
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+def settle() -> None:
+    """Freeze what survived so far inside :func:`spared`: at a stage boundary that is the run's state."""
+    if _depth:
+        gc.freeze()

@@ -20,10 +20,10 @@ class Instrumentation:
     """Base class with no-op callbacks; override the ones you need.
 
     ``reads_only`` promises that the callbacks never change the graph. The
-    engine's own instrumentations make that promise (its checks prove it
-    around every condition); when every instrumentation of a run does, the
-    engine reuses a stage's closing snapshot as the next stage's opening one
-    without re-reading the graph.
+    engine's own instrumentations make that promise. An instrumentation that
+    does not is a suspect at every stage boundary: the engine then signs the
+    graph before every stage to prove it left the graph alone (see
+    :mod:`pipeline.reading`), even where no condition or ``skip_reason`` ran.
     """
 
     reads_only: bool = False

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from pipeline.reading import ReadOnlyProof
+
 if TYPE_CHECKING:
     from pipeline.audit.fields import MetaField
     from pipeline.audit.trail import AuditTrail
@@ -36,6 +38,7 @@ class RunState:
     meta_fields: tuple[MetaField, ...] = ()
     parent_runs: tuple[str, ...] = ()
     skipped: dict[str, str] = attrs.Factory(dict)
+    proof: ReadOnlyProof = attrs.Factory(ReadOnlyProof)
 
     def header(self) -> dict[str, Any]:
         """The ``run.started`` event's fields: everything needed to know what ran and where."""

@@ -1,7 +1,8 @@
 """Running planned stages: the loop every phase and every whole run goes through.
 
-For each stage: decide whether the options let it run; enter the
-instrumentations in order; run the stage on the private graph; snapshot the
+For each stage: decide whether the options and the stage itself let it run;
+enter the instrumentations in order; prove that the readers since the last
+stage left the graph alone; run the stage on the private graph; snapshot the
 result; verify a declared "no change"; generate the code of what changed; leave the
 instrumentations in reverse order. A failure anywhere becomes a
 :class:`~pipeline.errors.StageFailedError` naming the stage and plugin (with the
@@ -16,15 +17,15 @@ from collections.abc import Sequence
 
 import torch.fx
 
-from pipeline import invariants
+from pipeline import collector, invariants
 from pipeline.audit.fields import MetaField
 from pipeline.errors import PipelineError, StageError, StageFailedError
 from pipeline.instrumentation import Instrumentation
 from pipeline.naming import describe_node
 from pipeline.plan import PlannedStage
+from pipeline.reading import Reader, ReadOnlyProof
 from pipeline.report import StageReport
 from pipeline.run_state import RunState
-from pipeline.signature import IdentitySignature
 from pipeline.snapshot import GraphSnapshot
 from pipeline.stage import Stage
 from pipeline.stage_run import StageRun
@@ -37,15 +38,17 @@ class Runner:
         self._run = run
         self._instrumentations = tuple(instrumentations)
         self._meta_fields = run.meta_fields
-        self._only_readers = all(instrumentation.reads_only for instrumentation in self._instrumentations)
-        self._last: tuple[torch.fx.GraphModule | None, IdentitySignature | None, GraphSnapshot] | None = None
-        self._carried: IdentitySignature | None = None
+        self._proof = run.proof = ReadOnlyProof(
+            [type(i).__name__ for i in self._instrumentations if not i.reads_only]
+        )
+        self._last: tuple[torch.fx.GraphModule | None, GraphSnapshot] | None = None
 
     def execute(self, stages: Sequence[PlannedStage]) -> None:
         """Run ``stages`` in order, honouring skip, bisect and stop-after."""
         run = self._run
         started = time.perf_counter()
         error: BaseException | None = None
+        self._opening_snapshot()
         for instrumentation in self._instrumentations:
             instrumentation.run_started(run)
         try:
@@ -65,6 +68,7 @@ class Runner:
                     continue
                 self._run_one(step)
                 stopped = planned.name == stop_after
+            self._proof.verify(run.ctx.graph_module, upcoming=None)
         except BaseException as failure:
             error = failure
             raise
@@ -82,31 +86,44 @@ class Runner:
         if late is not None and error is None:
             raise late
 
+    def _opening_snapshot(self) -> None:
+        """The graph as the run received it, signed, so that readers before the first stage are held to it."""
+        graph_module = self._run.ctx.graph_module
+        snapshot = GraphSnapshot.take(graph_module, self._meta_fields, signed=True)
+        assert snapshot.signature is not None
+        self._last = (graph_module, snapshot)
+        self._proof.signed(graph_module, snapshot.signature)
+
     def _nothing_to_do(self, step: StageRun) -> str | None:
-        """The stage's own :meth:`~pipeline.Stage.skip_reason`, proven to have only read the graph."""
+        """The stage's own :meth:`~pipeline.Stage.skip_reason`, held to only reading the graph."""
         if type(step.stage).skip_reason is Stage.skip_reason:
             return None
-        graph_module = self._run.ctx.graph_module
-        start = self._carried if self._carried is not None else IdentitySignature.of(graph_module)
-        self._run.ctx.current = step.planned
+        ctx = self._run.ctx
+        graph_module = ctx.graph_module
+        ctx.current = step.planned
+        self._proof.read_by(
+            Reader(
+                f"skip_reason() of stage {step.stage.name!r} (plugin {step.plugin})",
+                step.stage.name,
+                step.plugin.name,
+            )
+        )
         try:
-            reason = step.stage.skip_reason(self._run.ctx)
+            reason = step.stage.skip_reason(ctx)
         except Exception as raw:
             error = _as_stage_failure(raw, step)
             if error is raw:
                 raise
             raise error from raw
         finally:
-            self._run.ctx.current = None
-        end = IdentitySignature.of(graph_module)
-        if end != start or graph_module is not self._run.ctx.graph_module:
+            ctx.current = None
+        if graph_module is not ctx.graph_module:
             raise StageFailedError(
-                f"stage {step.stage.name!r} (plugin {step.plugin}) changed the graph in skip_reason(), "
-                f"which must only read",
+                f"stage {step.stage.name!r} (plugin {step.plugin}) replaced the graph module in "
+                f"skip_reason(), which must only read",
                 stage=step.stage.name,
                 plugin=step.plugin.name,
             )
-        self._carried = end if self._only_readers else None
         if reason is not None and not isinstance(reason, str):
             raise StageFailedError(
                 f"stage {step.stage.name!r} (plugin {step.plugin}) returned {reason!r} from "
@@ -127,21 +144,17 @@ class Runner:
     def _run_one(self, step: StageRun) -> None:
         ctx = self._run.ctx
         ctx.current = step.planned
-        if self._only_readers:
-            step.before_signature = self._carried
-        self._carried = None
         pending: list[Instrumentation] = []
         try:
             for instrumentation in self._instrumentations:
                 instrumentation.before_stage(step)
                 pending.append(instrumentation)
-            step.before = self._snapshot_before(ctx.graph_module, step.before_signature)
+            step.before = self._snapshot_before(step)
             started = time.perf_counter()
             declared = step.stage.run(ctx)
             step.seconds = time.perf_counter() - started
             step.declared_change = None if declared is None else bool(declared)
             step.after = self._snapshot_after(ctx.graph_module)
-            step.after_signature = step.after.signature
             self._verify(step)
             while pending:
                 pending[-1].after_stage(step)
@@ -165,35 +178,25 @@ class Runner:
         finally:
             ctx.current = None
         self._record(step, "ran")
-        self._carried = step.after_signature if self._only_readers else None
+        collector.settle()
 
-    def _snapshot_before(
-        self, graph_module: torch.fx.GraphModule | None, signature: IdentitySignature | None
-    ) -> GraphSnapshot:
-        """The previous stage's closing snapshot: nothing may touch the graph between stages.
-
-        Only checks (proven not to touch the graph) and instrumentations run
-        between two stages. When all of them promise to only read, nothing
-        moved; otherwise the identity signature tells, and a change made there
-        (which no stage's audit would show) is an error.
-        """
+    def _snapshot_before(self, step: StageRun) -> GraphSnapshot:
+        """The previous stage's closing snapshot, once the readers since are proven to have only read."""
+        graph_module = step.ctx.graph_module
+        self._proof.verify(
+            graph_module, upcoming=Reader(f"stage {step.stage.name!r}", step.stage.name, step.plugin.name)
+        )
         last = self._last
         if last is None or last[0] is not graph_module:
             return GraphSnapshot.take(graph_module, self._meta_fields)
-        if not self._only_readers:
-            current = IdentitySignature.of(graph_module) if signature is None else signature
-            if current != last[1]:
-                names = ", ".join(type(i).__name__ for i in self._instrumentations if not i.reads_only)
-                raise PipelineError(
-                    f"the graph changed between two stages, outside any stage: an instrumentation "
-                    f"({names}) changed it; instrumentations observe, stages rewrite"
-                )
-        return last[2]
+        return last[1]
 
     def _snapshot_after(self, graph_module: torch.fx.GraphModule | None) -> GraphSnapshot:
-        """The stage's result, with its signature taken in the same walk."""
+        """The stage's result, signed in the same walk: the point the next readers are held to."""
         snapshot = GraphSnapshot.take(graph_module, self._meta_fields, signed=True)
-        self._last = (graph_module, snapshot.signature, snapshot)
+        assert snapshot.signature is not None
+        self._last = (graph_module, snapshot)
+        self._proof.signed(graph_module, snapshot.signature)
         return snapshot
 
     def _verify(self, step: StageRun) -> None:
@@ -228,7 +231,7 @@ class Runner:
         assert step.before is not None
         step.after = step.before
         if self._last is not None:
-            self._last = (self._last[0], self._last[1], step.before)
+            self._last = (self._last[0], step.before)
 
     def _record(self, step: StageRun, status: str) -> None:
         changes = step.changes

@@ -1,9 +1,10 @@
 """Identity signatures: proof that nobody touched a graph between two moments.
 
-The engine asks this around every condition check (a check must only read)
-and between stages (only instrumentations run there), so it must cost far
-less than a snapshot: it copies no metadata and describes nothing, it only
-keeps references to what every node holds. Two signatures are equal when no
+The engine asks this once between two stages, where only readers run
+(conditions, ``skip_reason``, instrumentations; see :mod:`pipeline.reading`),
+and of the caller's graph around a run, so it must cost far less than a
+snapshot: it freezes no metadata and describes nothing, it only keeps
+references to what every node holds. Two signatures are equal when no
 node was added, removed, moved, re-wired, re-targeted or renamed, and no
 metadata key was added, removed or given a value unequal to the one it had.
 Comparing them compares the held objects themselves, so the usual case
@@ -21,6 +22,7 @@ import torch.fx
 from pipeline.module_tree import graph_modules
 
 _FIELDS = operator.attrgetter("name", "op", "target", "_args", "_kwargs")
+_META = operator.attrgetter("meta")
 
 
 class IdentitySignature:
@@ -28,13 +30,16 @@ class IdentitySignature:
 
     __slots__ = ("_fields", "_meta", "_nodes")
 
-    def __init__(
-        self, nodes: list[torch.fx.Node], meta: list[tuple[tuple[str, Any], ...]] | None = None
-    ) -> None:
-        """``meta`` is each node's ``tuple(node.meta.items())`` when a walk that made it is at hand."""
+    def __init__(self, nodes: list[torch.fx.Node], meta: list[dict[str, Any]] | None = None) -> None:
+        """``meta`` is a shallow copy of each node's ``meta`` when a walk that made it is at hand.
+
+        A shallow copy, not a tuple of the items: one object per node instead
+        of one per item, and dict equality still compares the values by
+        identity first.
+        """
         self._nodes = nodes
         self._fields = list(map(_FIELDS, nodes))
-        self._meta = [tuple(node.meta.items()) for node in nodes] if meta is None else meta
+        self._meta = list(map(dict.copy, map(_META, nodes))) if meta is None else meta
 
     @classmethod
     def of(cls, graph_module: torch.fx.GraphModule | None) -> IdentitySignature:

@@ -92,13 +92,13 @@ class GraphSnapshot:
             return cls(graphs, keys, signature=IdentitySignature([]) if signed else None)
         fields = [(field.key, field.snapshot) for field in meta_fields]
         new = NodeRecord._make
-        every_meta: list[tuple[tuple[str, Any], ...]] = []
+        every_meta: list[dict[str, Any]] = []
         for path, module in graph_modules(graph_module):
             records: dict[torch.fx.Node, NodeRecord] = {}
             for node in module.graph.nodes:
                 meta = node.meta
                 if signed:
-                    every_meta.append(tuple(meta.items()))
+                    every_meta.append(meta.copy())
                 watched = []
                 for key, snap in fields:
                     value = meta.get(key)

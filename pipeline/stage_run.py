@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from pipeline.context import Context
     from pipeline.plan import PlannedStage
     from pipeline.plugin_info import PluginInfo
-    from pipeline.signature import IdentitySignature
     from pipeline.snapshot import GraphSnapshot
     from pipeline.stage import Stage
 
@@ -23,9 +22,7 @@ class StageRun:
     ``before`` is the graph as the stage received it (after its requirements
     were checked) and ``after`` as it left it; ``declared_change`` is what the
     stage's ``run`` returned; ``changes`` are the node events the audit found.
-    The signatures (see :mod:`pipeline.signature`) are the graph's just before
-    and just after the stage, when someone computed them, so that the next one
-    to need them need not. ``changed_graphs`` are the paths of the graphs
+    ``changed_graphs`` are the paths of the graphs
     whose nodes or wiring the stage changed (metadata aside), once known.
     """
 
@@ -36,8 +33,6 @@ class StageRun:
     seconds: float = 0.0
     declared_change: bool | None = None
     changes: StageChanges | None = None
-    before_signature: IdentitySignature | None = None
-    after_signature: IdentitySignature | None = None
     changed_graphs: frozenset[str] | None = None
 
     @property

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from pipeline.collector import spared
+from pipeline.collector import settle, spared
 
 
 @pytest.fixture
@@ -52,3 +52,43 @@ def test_a_higher_threshold_of_the_caller_is_kept(collector_settings):
     gc.set_threshold(1_000_000, 10, 10)
     with spared():
         assert gc.get_threshold()[0] == 1_000_000
+
+
+def test_what_survives_a_stage_boundary_is_frozen_and_handed_back_unwalked(collector_settings):
+    gc.set_threshold(700, 10, 10)
+    with spared():
+        before = gc.get_freeze_count()
+        kept = [[index] for index in range(5000)]
+        settle()
+        assert gc.get_freeze_count() >= before + len(kept)
+        assert gc.get_count()[0] < 100
+    assert gc.get_freeze_count() == 0
+    assert gc.get_count()[0] < 100, "the run's survivors would be walked by the next young collection"
+
+
+def test_cycles_left_by_a_run_are_still_collected_afterwards(collector_settings):
+    class Cycle:
+        pass
+
+    with spared():
+        knot = Cycle()
+        knot.me = knot
+        del knot
+        settle()
+    assert gc.collect() >= 1
+
+
+def test_a_nested_block_leaves_the_outer_one_in_charge(collector_settings):
+    gc.set_threshold(700, 10, 10)
+    with spared():
+        outer = gc.get_threshold()
+        with spared():
+            pass
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == outer
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_settle_outside_a_run_leaves_the_collector_alone(collector_settings):
+    settle()
+    assert gc.get_freeze_count() == 0

@@ -411,7 +411,7 @@ def test_a_condition_that_changes_the_graph_is_an_error():
     )
     with pytest.raises(
         StageFailedError,
-        match="condition 'tagged' .* changed the graph while checking it around stage 'toy-tag'",
+        match="the check of condition 'tagged' .* after stage 'toy-tag' changed the graph, which it must only read",
     ):
         Pipeline(plugins=[plugin]).run(*small_net())
 
@@ -659,7 +659,11 @@ def test_an_instrumentation_that_changes_the_graph_between_stages_is_an_error():
                 node.meta["stack_trace"] = "meddled"
 
     model, inputs = small_net()
-    with pytest.raises(StageFailedError, match=r"an instrumentation \(Meddles\) changed it"):
+    with pytest.raises(
+        StageFailedError,
+        match=r"the graph changed before stage 'toy-tag', outside any stage; one of these changed it: "
+        r".*instrumentation Meddles \(not reads_only\)",
+    ):
         toy(instrumentations=[Meddles()]).run(model, inputs)
 
 
@@ -715,7 +719,7 @@ class BrokenSkip(ToyClamp):
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
-        (SneakySkip(), r"changed the graph in skip_reason\(\), which must only read"),
+        (SneakySkip(), r"\(plugin .*\)\. Conditions and skip_reason\(\) must only read"),
         (WrongSkip(), r"returned True from skip_reason\(\); it must return a string or None"),
         (BrokenSkip(), r"raised KeyError: 'no such node'"),
     ],
@@ -725,6 +729,29 @@ def test_a_skip_reason_that_writes_answers_wrongly_or_raises_fails_its_stage(sta
     with pytest.raises(StageFailedError, match=rf"stage '{ToyClamp().name}' .*{message}") as caught:
         toy(ToyCapture(), ToyTag(), stage).run(model, inputs, audit=[])
     assert caught.value.stage == ToyClamp().name
+
+
+def test_a_writing_skip_reason_that_read_alone_is_named_alone():
+    model, inputs = small_net()
+    with pytest.raises(
+        StageFailedError,
+        match=r"^skip_reason\(\) of stage 'toy-clamp' \(plugin .*\) changed the graph, which it must only read$",
+    ) as caught:
+        toy(ToyCapture(), ToyTag(), SneakySkip()).run(model, inputs, check="off", audit=[])
+    assert (caught.value.stage, caught.value.plugin) == (ToyClamp().name, "support.toyflow.ToyPlugin")
+
+
+def test_a_reader_that_writes_before_a_stage_stops_the_run_before_that_stage_runs():
+    class Meddles(Instrumentation):
+        def after_stage(self, step):
+            if step.stage.name == "toy-capture":
+                next(iter(step.ctx.graph.nodes)).meta["stack_trace"] = "meddled"
+
+    model, inputs = small_net()
+    events: list[dict] = []
+    with pytest.raises(StageFailedError, match="before stage 'toy-tag'"):
+        toy(instrumentations=[Meddles()]).run(model, inputs, audit=events)
+    assert [event["stage"] for event in events if event["event"] == "stage.finished"] == ["toy-capture"]
 
 
 def test_conditions_checked_together_are_all_named_when_one_of_them_writes():
@@ -746,6 +773,7 @@ def test_conditions_checked_together_are_all_named_when_one_of_them_writes():
     )
     with pytest.raises(
         StageFailedError,
-        match=r"one of the conditions 'captured' \(plugin .*\), 'tagged' \(plugin .*\) changed the graph",
+        match=r"one of these changed it: the check of condition 'captured' \(plugin .*\) after stage "
+        r"'toy-tag'; the check of condition 'tagged' \(plugin .*\) after stage 'toy-tag'\. ",
     ):
         Pipeline(plugins=[plugin]).run(*small_net())
