@@ -22,6 +22,13 @@ def _as_dict(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> 
     return event_dict
 
 
+def _whole(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> tuple[tuple[EventDict], dict[str, Any]]:
+    """Hands the event dict itself to the sink (structlog would spread a returned dict as keywords)."""
+    return (event_dict,), {}
+
+
 def json_renderer() -> Processor:
     """Renders an event (already plain JSON data, see the trail's chain) as one line of JSON."""
     return JSONRenderer(default=fallback, allow_nan=False)
@@ -99,13 +106,13 @@ class MemorySink(AuditSink):
         self.events: MutableSequence[dict[str, Any]] = [] if events is None else events
 
     def renderer(self) -> Processor:
-        return _as_dict
+        return _whole
 
     @property
     def destination(self) -> str:
         return "memory"
 
-    def info(self, **event: Any) -> None:
+    def info(self, event: dict[str, Any]) -> None:
         self.events.append(event)
 
 

@@ -7,57 +7,44 @@ import time
 from typing import Any
 
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
 
 from pipeline.audit.events import SCHEMA_VERSION, VOCABULARY
 from pipeline.audit.serialize import plain
 from pipeline.audit.sinks import AuditSink, DisabledSink
 
 
-class _Stamp:
-    """Numbers the events of a run from 1, stamps the time, and puts the common fields first."""
+class _TrailLogger(structlog.BoundLoggerBase):
+    """A bound logger whose events arrive whole: stamped, numbered and in field order.
 
-    def __init__(self) -> None:
-        self._counter = itertools.count(1)
+    structlog's ``BoundLogger.info(event, **fields)`` appends the event name
+    after the fields; the trail's events put it fourth (see the schema), so
+    they are built in order and passed down the chain as they are.
+    """
 
-    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        stamped: EventDict = {
-            "schema": event_dict.pop("schema"),
-            "run": event_dict.pop("run"),
-            "seq": next(self._counter),
-            "event": event_dict.pop("event"),
-            "time": round(time.time(), 6),
-        }
-        stamped.update(event_dict)
-        return stamped
-
-
-def _plain_json(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """Every sink receives plain JSON data: files and memory hold the same thing."""
-    plain_event: EventDict = plain(event_dict)
-    return plain_event
+    def write(self, event: dict[str, Any]) -> Any:
+        args, kwargs = self._process_event("info", None, event)
+        return self._logger.info(*args, **kwargs)
 
 
 class AuditTrail:
-    """Emits the events of one run, numbered, stamped and tagged with the run id."""
+    """Emits the events of one run, numbered, stamped and tagged with the run id.
+
+    Every event starts with ``schema``, ``run``, ``seq`` (from 1), ``event``
+    and ``time``, then its own fields, and reaches the sink through the
+    sink's renderer as plain JSON data: a file and a list in memory hold the
+    same thing.
+    """
 
     def __init__(self, sink: AuditSink, run_id: str) -> None:
         self.sink = sink
         self.run_id = run_id
         self.enabled = not isinstance(sink, DisabledSink)
-        stamp = _Stamp()
-        self._log = self._chain(sink, stamp, _plain_json)
-        self._plain_log = self._chain(sink, stamp)
-
-    def _chain(self, sink: AuditSink, *processors: Processor) -> Any:
-        """A bound logger over ``sink`` (bound now, so that no event goes through the lazy proxy)."""
-        return structlog.wrap_logger(
+        self._counter = itertools.count(1)
+        self._log = structlog.wrap_logger(
             sink,
-            processors=[*processors, sink.renderer()],
-            wrapper_class=structlog.BoundLogger,
+            processors=[sink.renderer()],
+            wrapper_class=_TrailLogger,
             context_class=dict,
-            schema=SCHEMA_VERSION,
-            run=self.run_id,
         ).bind()
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -66,7 +53,7 @@ class AuditTrail:
             return
         if event not in VOCABULARY:
             raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
-        self._log.info(event, **fields)
+        self._log.write(self._stamped(event, plain(fields)))
 
     def emit_plain(self, event: str, fields: dict[str, Any]) -> None:
         """Write one event whose fields are already plain JSON data.
@@ -80,7 +67,17 @@ class AuditTrail:
             return
         if event not in VOCABULARY:
             raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
-        self._plain_log.info(event, **fields)
+        self._log.write(self._stamped(event, fields))
+
+    def _stamped(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "run": self.run_id,
+            "seq": next(self._counter),
+            "event": event,
+            "time": round(time.time(), 6),
+            **fields,
+        }
 
     def flush(self) -> None:
         """Make what has been emitted durable (called at every stage boundary)."""
