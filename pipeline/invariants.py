@@ -1,6 +1,6 @@
 """The invariants every stage must keep, checked after each stage that changed the graph.
 
-They hold for any graph, whatever the stages are for: FX's own lint passes, the
+They hold for any graph, whatever the stages are for: FX's lint rules hold, the
 stage left no node computing a value nobody uses, and the graph still generates
 Python code, so later stages and the caller can run it.
 """
@@ -13,20 +13,20 @@ import torch.fx
 
 from pipeline import compilation, emission
 from pipeline.condition import Violation
+from pipeline.lint import lint_graph
 from pipeline.module_tree import graph_modules
 from pipeline.snapshot import GraphSnapshot, same_arguments
 
 
 def lint(graph_module: torch.fx.GraphModule, paths: Collection[str] | None = None) -> Iterator[Violation]:
-    """``graph.lint()`` of every graph (or of those at ``paths``): topological order, node ownership,
-    targets that exist."""
+    """FX's lint rules on every graph (or on those at ``paths``), each problem at its node.
+
+    See :mod:`pipeline.lint`: topological order, node ownership, unique
+    names, targets that exist.
+    """
     for path, module in graph_modules(graph_module):
-        if paths is not None and path not in paths:
-            continue
-        try:
-            module.graph.lint()
-        except Exception as error:
-            yield Violation(f"graph.lint() failed: {error}", graph=path)
+        if paths is None or path in paths:
+            yield from lint_graph(module, path)
 
 
 def no_new_dangling_nodes(
