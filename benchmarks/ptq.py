@@ -272,10 +272,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{reference['convert_memory'] / parameter_bytes:>12.2f}x"
             f"{ours['convert_memory'] / parameter_bytes:>9.2f}x"
         )
-        print(
-            f"{'':<28}{'':>7}  prepare {reference['prepare']:.2f}/{ours['prepare']:.2f}  "
-            f"convert {reference['convert']:.2f}/{ours['convert']:.2f}  (torchao/ours, seconds)"
+        phases = "  ".join(
+            f"{phase} {reference[phase] * 1000:.1f}/{ours[phase] * 1000:.1f} ms "
+            f"({ours[phase] / reference[phase]:.2f})"
+            for phase in ("prepare", "convert")
         )
+        print(f"{'':<28}{'':>7}  {phases}  (torchao/ours, ratio)")
 
 
 if __name__ == "__main__":

@@ -54,23 +54,21 @@ class ReadOnlyProof:
         """``reader`` read the graph, promising to change nothing."""
         self._readers.append(reader)
 
-    def verify(self, graph_module: torch.fx.GraphModule | None, *, upcoming: Reader | None) -> bool:
+    def verify(self, graph_module: torch.fx.GraphModule | None, *, upcoming: Reader | None) -> None:
         """Raise :class:`~pipeline.errors.StageFailedError` if the graph changed since it was signed.
 
-        ``upcoming`` is the stage about to run (``None`` at the end of the
-        run); it is blamed when no reader ran, only writers. Returns whether
-        the graph had to be signed again (there were readers or writers to
-        hold to account).
+        Nothing is signed when nobody could have changed it. ``upcoming`` is
+        the stage about to run (``None`` at the end of the run); it is blamed
+        when no reader ran, only writers.
         """
         if self._signature is None or not (self._readers or self._writers):
-            return False
+            return
         unchanged = (
             graph_module is self._graph_module and IdentitySignature.of(graph_module) == self._signature
         )
         readers, self._readers = self._readers, []
         if not unchanged:
             raise self._failure(readers, upcoming)
-        return True
 
     def _failure(self, readers: Sequence[Reader], upcoming: Reader | None) -> StageFailedError:
         blamed = readers[-1] if readers else upcoming

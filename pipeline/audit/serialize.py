@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch.fx.immutable_collections import immutable_list
 
 _MAX_REPR = 200
 _JSON_LEAVES = frozenset({str, int, bool, type(None)})
@@ -32,6 +33,19 @@ class PlainList(list):  # type: ignore[type-arg]
 
 def argument(value: Any) -> Any:
     """A node argument (possibly nested) as a JSON value."""
+    kind = type(value)
+    if kind is torch.fx.Node:
+        return "%" + value.name
+    if kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
+    if kind is tuple or kind is immutable_list or kind is list:
+        return [argument(item) for item in value]
+    return _any_argument(value)
+
+
+def _any_argument(value: Any) -> Any:
     if isinstance(value, torch.fx.Node):
         return f"%{value.name}"
     if isinstance(value, str):
