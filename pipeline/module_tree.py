@@ -11,7 +11,9 @@ def graph_modules(root: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphM
 
     The order and the names are ``named_modules()``'s (each module once, under
     the first name a depth-first walk meets). The engine asks several times
-    per stage, so the walk is a plain loop rather than nested generators.
+    per stage, so the walk is a plain loop rather than nested generators, and
+    it does not descend into leaves that are not graph modules (a prepared
+    model's hundreds of observers).
     """
     found: list[tuple[str, torch.fx.GraphModule]] = []
     seen: set[int] = set()
@@ -27,6 +29,8 @@ def graph_modules(root: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphM
         if children:
             prefix = path + "." if path else ""
             stack.extend(
-                (prefix + name, child) for name, child in reversed(children.items()) if child is not None
+                (prefix + name, child)
+                for name, child in reversed(children.items())
+                if child is not None and (child._modules or isinstance(child, torch.fx.GraphModule))
             )
     return found

@@ -65,9 +65,14 @@ class CallerGuard(Instrumentation):
             self._signature = IdentitySignature.of(model)
 
     def after_stage(self, step: StageRun) -> None:
-        written = sorted(
-            name for name, (tensor, version) in self._versions.items() if _version(tensor) != version
-        )
+        try:
+            written = sorted(
+                name for name, (tensor, version) in self._versions.items() if tensor._version != version
+            )
+        except RuntimeError:
+            written = sorted(
+                name for name, (tensor, version) in self._versions.items() if _version(tensor) != version
+            )
         if written:
             for name in written:
                 tensor = self._versions[name][0]

@@ -19,11 +19,6 @@ _JSON_LEAVES = frozenset({str, int, bool, type(None)})
 """Leaf types that are already plain JSON: containers copy them without a call per element."""
 
 
-def _is_plain_leaf(item: Any) -> bool:
-    kind = type(item)
-    return kind in _JSON_LEAVES or (kind is float and math.isfinite(item))
-
-
 class PlainList(list):  # type: ignore[type-arg]
     """A list its maker knows to be plain JSON already (say, a tensor's finite values).
 
@@ -70,9 +65,9 @@ def detail(value: Any) -> Any:
     if isinstance(value, torch.fx.Node):
         return f"%{value.name}"
     if isinstance(value, (list, tuple)):
-        return [item if _is_plain_leaf(item) else detail(item) for item in value]
+        return [item if type(item) in _JSON_LEAVES else detail(item) for item in value]
     if isinstance(value, dict):
-        return {str(key): item if _is_plain_leaf(item) else detail(item) for key, item in value.items()}
+        return {str(key): item if type(item) in _JSON_LEAVES else detail(item) for key, item in value.items()}
     return snapshot(value)
 
 
@@ -87,9 +82,11 @@ def snapshot(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):
-        return [item if _is_plain_leaf(item) else snapshot(item) for item in value]
+        return [item if type(item) in _JSON_LEAVES else snapshot(item) for item in value]
     if isinstance(value, dict):
-        return {str(key): item if _is_plain_leaf(item) else snapshot(item) for key, item in value.items()}
+        return {
+            str(key): item if type(item) in _JSON_LEAVES else snapshot(item) for key, item in value.items()
+        }
     return _short(value)
 
 
@@ -117,11 +114,11 @@ def plain(value: Any) -> Any:
         return value if math.isfinite(value) else repr(value)
     if kind is dict:
         return {
-            key if type(key) is str else _key(key): item if _is_plain_leaf(item) else plain(item)
+            key if type(key) is str else _key(key): item if type(item) in _JSON_LEAVES else plain(item)
             for key, item in value.items()
         }
     if kind is list or kind is tuple:
-        return [item if _is_plain_leaf(item) else plain(item) for item in value]
+        return [item if type(item) in _JSON_LEAVES else plain(item) for item in value]
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, str):
