@@ -167,7 +167,7 @@ def _copy_graph(graph: torch.fx.Graph, node_keys: tuple[str, ...]) -> torch.fx.G
         for key, item in meta.items():
             if key in node_keys:
                 meta[key] = relink(item, copies, by_name)
-            elif type(item) in (dict, list):
-                meta[key] = copy.copy(item)
+            elif type(item) is dict or type(item) is list:
+                meta[key] = item.copy()
         new.meta = meta
     return duplicate
