@@ -19,7 +19,7 @@ import torch.fx
 from pipeline import invariants
 from pipeline.audit import events
 from pipeline.condition import Condition, Violation
-from pipeline.errors import CheckWarning, ConditionViolationError, StageFailedError
+from pipeline.errors import CheckWarning, ConditionViolationError
 from pipeline.instrumentation import Instrumentation
 from pipeline.naming import describe_node, user_frame
 from pipeline.options import CheckMode
@@ -106,19 +106,15 @@ class Checker(Instrumentation):
             found = provided.item.check(graph_module)
             violations = list(found or ())
         except Exception as error:
-            raise StageFailedError(
+            raise step.failure(
                 f"condition {name!r} (plugin {provided.plugin}) raised while checking around stage "
-                f"{step.stage.name!r}: {type(error).__name__}: {error}",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
+                f"{step.stage.name!r}: {type(error).__name__}: {error}"
             ) from error
         for violation in violations:
             if not isinstance(violation, Violation):
-                raise StageFailedError(
+                raise step.failure(
                     f"condition {name!r} (plugin {provided.plugin}) returned {violation!r}; "
-                    f"check() must return Violation objects",
-                    stage=step.stage.name,
-                    plugin=step.plugin.name,
+                    f"check() must return Violation objects"
                 )
         return violations
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.fx
 
-from pipeline.errors import PipelineError, StageFailedError
+from pipeline.errors import PipelineError
 from pipeline.instrumentation import Instrumentation
 from pipeline.signature import IdentitySignature
 
@@ -78,12 +78,10 @@ class CallerGuard(Instrumentation):
                 tensor = self._versions[name][0]
                 self._versions[name] = (tensor, _version(tensor) or 0)
             shown = ", ".join(written[:8]) + (f" and {len(written) - 8} more" if len(written) > 8 else "")
-            raise StageFailedError(
+            raise step.failure(
                 f"stage {step.stage.name!r} (plugin {step.plugin}) wrote in place into the caller's "
                 f"tensor(s) {shown}; stages share the caller's tensors and must make new ones to "
-                f"change them",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
+                f"change them"
             )
 
     def run_finished(self, run: RunState, error: BaseException | None) -> None:

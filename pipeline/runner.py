@@ -118,18 +118,14 @@ class Runner:
         finally:
             ctx.current = None
         if graph_module is not ctx.graph_module:
-            raise StageFailedError(
+            raise step.failure(
                 f"stage {step.stage.name!r} (plugin {step.plugin}) replaced the graph module in "
-                f"skip_reason(), which must only read",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
+                f"skip_reason(), which must only read"
             )
         if reason is not None and not isinstance(reason, str):
-            raise StageFailedError(
+            raise step.failure(
                 f"stage {step.stage.name!r} (plugin {step.plugin}) returned {reason!r} from "
-                f"skip_reason(); it must return a string or None",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
+                f"skip_reason(); it must return a string or None"
             )
         return reason
 
@@ -208,22 +204,18 @@ class Runner:
         if not changed and step.before.same_metadata(step.after):
             self._keep_earlier_snapshot(step)
         elif step.declared_change is False:
-            raise StageFailedError(
+            raise step.failure(
                 f"stage {step.stage.name!r} (plugin {step.plugin}) returned False (no change) but "
-                f"changed the graph (hash {step.before.fingerprint} -> {step.after.fingerprint})",
-                stage=step.stage.name,
-                plugin=step.plugin.name,
+                f"changed the graph (hash {step.before.fingerprint} -> {step.after.fingerprint})"
             )
         if changed and step.ctx.graph_module is not None:
             problems = list(
                 invariants.generates_code(step.ctx.graph_module, changed, step.before, step.after)
             )
             if problems:
-                raise StageFailedError(
+                raise step.failure(
                     f"stage {step.stage.name!r} (plugin {step.plugin}) left a graph that does not "
-                    f"compile: " + "; ".join(problem.message for problem in problems),
-                    stage=step.stage.name,
-                    plugin=step.plugin.name,
+                    f"compile: " + "; ".join(problem.message for problem in problems)
                 )
 
     def _keep_earlier_snapshot(self, step: StageRun) -> None:
@@ -271,6 +263,6 @@ def _as_stage_failure(error: BaseException, step: StageRun) -> BaseException:
         message = f"{who} failed: {error}"
     else:
         message = f"{who} raised {type(error).__name__}: {error}"
-    failure = StageFailedError(message, stage=step.stage.name, plugin=step.plugin.name)
+    failure = step.failure(message)
     failure.__cause__ = error
     return failure

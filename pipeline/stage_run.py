@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from pipeline.errors import StageFailedError
+
 if TYPE_CHECKING:
     from pipeline.audit.diff import StageChanges
     from pipeline.context import Context
@@ -49,3 +51,7 @@ class StageRun:
         if self.before is None or self.after is None:
             return True
         return self.before is not self.after and not self.before.same_as(self.after)
+
+    def failure(self, message: str) -> StageFailedError:
+        """The error that fails this stage, naming it and its plugin."""
+        return StageFailedError(message, stage=self.stage.name, plugin=self.plugin.name)
