@@ -16,6 +16,8 @@ the final qparams still come from the observer's own methods.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import struct
 from collections.abc import Iterator
@@ -81,10 +83,11 @@ def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
     The search stops at the first range it does not keep, so up to there this
     is exactly its sequence. A step that moves neither bound bin only lowers
     ``beta``; such steps come in runs, which :func:`_skip_idle_steps` takes at once.
+    ``beta`` is also tracked by the number of steps it took (see :func:`_betas`).
     """
     total = torch.sum(observer.histogram).item()
     cumulative = torch.cumsum(observer.histogram, dim=0).tolist()
-    alpha, beta = 0.0, 1.0
+    alpha, beta, beta_steps = 0.0, 1.0, 0
     start_bin, end_bin = 0, observer.bins - 1
     while alpha < beta:
         next_alpha = alpha + _STEP
@@ -95,31 +98,55 @@ def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
             alpha = next_alpha
             start_bin = left
         else:
-            beta = next_beta
+            beta, beta_steps = next_beta, beta_steps + 1
             if right == end_bin:
-                beta = _skip_idle_steps(cumulative, start_bin, end_bin, alpha, beta, total)
+                last = cumulative[end_bin] if end_bin > start_bin else -math.inf
+                beta_steps = _skip_idle_steps(last, alpha, beta_steps, total)
+                beta = float(_betas()[beta_steps])
                 continue
             end_bin = right
         yield start_bin, end_bin
 
 
-def _skip_idle_steps(
-    cumulative: list[float], start_bin: int, end_bin: int, alpha: float, beta: float, total: float
-) -> float:
-    """``beta`` after the steps that move neither bin, up to the one that moves the end bin.
+_MAX_STEPS = int(1 / _STEP) + 2
+
+
+@functools.cache
+def _betas() -> numpy.ndarray:
+    """``beta`` after each number of steps: 1.0, then ``_STEP`` less each time, rounded as the loop rounds.
+
+    ``subtract.accumulate`` subtracts in order, one IEEE double operation per
+    element, which is what ``beta = beta - _STEP`` in a loop does. The search
+    ends once ``alpha``, which grows by the same step, reaches ``beta``, so it
+    never takes more steps than the table holds.
+    """
+    steps = numpy.full(_MAX_STEPS + 1, _STEP)
+    steps[0] = 1.0
+    return numpy.subtract.accumulate(steps)
+
+
+def _skip_idle_steps(last: float, alpha: float, beta_steps: int, total: float) -> int:
+    """``beta``'s step count after the steps that move neither bin, up to the one that moves the end bin.
 
     A step moved neither bin: the start bin stayed (so alpha stays, and with
     it the start bin of every following step) and the end bin stayed. Until
-    the end bin moves, each step only takes ``_STEP`` off ``beta``.
+    the end bin moves, each step only takes ``_STEP`` off ``beta``. Whether a
+    step would move the end bin (its cumulative sum ``last`` is above float32
+    ``beta * total``) and whether the loop goes on (``alpha < beta``) each
+    turn over once as ``beta`` falls, so both points are found by bisection
+    rather than step by step.
     """
-    last = cumulative[end_bin] if end_bin > start_bin else -math.inf
-    while alpha < beta:
-        next_beta = beta - _STEP
-        high = next_beta * total
-        if last > high and last > _float32(high):
-            return beta
-        beta = next_beta
-    return beta
+    betas = _betas()
+    steps = range(beta_steps, len(betas))
+    ended = bisect.bisect_left(steps, True, key=lambda index: not alpha < betas[index])
+    moves = bisect.bisect_left(
+        steps, True, lo=1, hi=ended + 1, key=lambda index: _moves_end_bin(last, float(betas[index]) * total)
+    )
+    return beta_steps + (moves - 1 if moves <= ended else ended)
+
+
+def _moves_end_bin(last: float, high: float) -> bool:
+    return last > high and last > _float32(high)
 
 
 def _first_reaching(cumulative: list[float], start: int, stop: int, bound: float) -> int:

@@ -181,3 +181,30 @@ def test_extreme_ranges_score_as_torchao_scores_them(values, low, width_exponent
         start = data.draw(st.integers(0, len(values) - 1))
         end = data.draw(st.integers(start, len(values) - 1))
         assert _same_error(model.error(start, end), observer._compute_quantization_error(start, end))
+
+
+def test_the_beta_table_is_the_loops_own_sequence():
+    """The search's ``beta`` after n steps is read from a table; it holds what n subtractions give."""
+    table = histogram._betas()
+    beta = 1.0
+    for steps in range(len(table)):
+        assert table[steps] == beta, steps
+        beta -= histogram._STEP
+    assert table[-1] < 0.0
+
+
+def test_a_histogram_the_end_bin_never_leaves_is_searched_in_few_steps(monkeypatch):
+    """All mass in the last bin: torchao lowers beta 10^5 times one step at a time; the same answer comes at once."""
+    values = [0.0] * 2047 + [5.0]
+    observer = _observer(values, -1.0, 1.0, torch.quint8)
+    calls = 0
+    moves = histogram._moves_end_bin
+
+    def counting(last: float, high: float) -> bool:
+        nonlocal calls
+        calls += 1
+        return moves(last, high)
+
+    monkeypatch.setattr(histogram, "_moves_end_bin", counting)
+    _assert_same_qparams(observer)
+    assert 0 < calls < 200
