@@ -163,11 +163,11 @@ def _copy_graph(graph: torch.fx.Graph, node_keys: tuple[str, ...]) -> torch.fx.G
     duplicate._codegen = graph._codegen
     by_name = {node.name: node for node in copies.values()}
     for old, new in copies.items():
-        meta = dict(old.meta)
+        meta = new.meta
+        meta.update(old.meta)
         for key, item in meta.items():
             if key in node_keys:
                 meta[key] = relink(item, copies, by_name)
             elif type(item) is dict or type(item) is list:
                 meta[key] = item.copy()
-        new.meta = meta
     return duplicate

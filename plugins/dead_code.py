@@ -21,6 +21,14 @@ def eliminate_dead_code(graph: torch.fx.Graph) -> bool:
     return _clean_nested_graphs(graph) or changed
 
 
+def has_dead_code(graph: torch.fx.Graph) -> bool:
+    """Whether :func:`eliminate_dead_code` would erase anything from ``graph`` or its nested graphs."""
+    impure_random = _random_ops_are_impure()
+    if any(not node.users and not node.is_impure(impure_random) for node in graph.nodes):
+        return True
+    return any(has_dead_code(child.graph) for child in _nested_graph_modules(graph))
+
+
 def erase_unused(graph: torch.fx.Graph) -> bool:
     """Erase the unused, pure nodes of ``graph`` alone (last first); whether any was erased."""
     impure_random = _random_ops_are_impure()
@@ -42,13 +50,22 @@ def _random_ops_are_impure() -> bool:
 
 
 def _clean_nested_graphs(graph: torch.fx.Graph) -> bool:
-    owner = graph.owning_module
-    if owner is None:
-        return False
-    read = {node.target for node in graph.find_nodes(op="get_attr")}
     changed = False
-    for name, child in owner.named_children():
-        if name in read and isinstance(child, torch.fx.GraphModule) and eliminate_dead_code(child.graph):
+    for child in _nested_graph_modules(graph):
+        if eliminate_dead_code(child.graph):
             child.recompile()
             changed = True
     return changed
+
+
+def _nested_graph_modules(graph: torch.fx.Graph) -> list[torch.fx.GraphModule]:
+    """The graph modules ``graph`` reads with a ``get_attr``: the ones FX cleans with it."""
+    owner = graph.owning_module
+    if owner is None:
+        return []
+    read = {node.target for node in graph.find_nodes(op="get_attr")}
+    return [
+        child
+        for name, child in owner.named_children()
+        if name in read and isinstance(child, torch.fx.GraphModule)
+    ]

@@ -50,6 +50,17 @@ class DuplicateDequantize(Stage):
     requires: tuple[str, ...] = ("quantized",)
     ensures: tuple[str, ...] = ("dq-duplicated",)
 
+    def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.graph_module is None:
+            return None
+        for _, module in quantizable_graph_modules(ctx.graph_module):
+            graph = module.graph
+            if any(len(node.users) > 1 for node in _dequantize_nodes(graph)) or dead_code.has_dead_code(
+                graph
+            ):
+                return None
+        return "no dequantize node has more than one user, and no node is unused"
+
     def run(self, ctx: Context) -> bool:
         changed = False
         for _, module in quantizable_graph_modules(ctx.graph_module):
@@ -72,6 +83,15 @@ def duplicate_dequantize_nodes(graph: torch.fx.Graph, ctx: Context) -> bool:
                 copies += 1
     removed = dead_code.eliminate_dead_code(graph)
     return bool(copies) or removed
+
+
+def _dequantize_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    """The graph's dequantize nodes of the ops this stage duplicates, in no particular order."""
+    return [
+        node
+        for target in DUPLICATED_OPS
+        for node in graph.find_nodes(op="call_function", target=target, sort=False)
+    ]
 
 
 def _give_copy(graph: torch.fx.Graph, dequantize: torch.fx.Node, user: torch.fx.Node, ctx: Context) -> None:

@@ -279,6 +279,43 @@ def test_seed_duplicate_dq_cases(name: str) -> None:
     assert_same_quantized(ours, converted.reference, example)
 
 
+def _statuses(result: RunResult) -> dict[str, tuple[str, str | None]]:
+    return {stage.name: (stage.status, stage.reason) for stage in result.report.stages}
+
+
+def test_duplicate_dq_is_skipped_when_no_dequantize_is_shared_and_nothing_is_unused() -> None:
+    torch.manual_seed(0)
+    example = (torch.randn(1, 3, 5, 7),)
+    raw = raw_converted(
+        SeedObsSharingOps().eval(), SeedBackendQuantizer(SEED_CASES["no_need_for_duplicate_dq"][1]), [example]
+    )
+    converted = run_both(raw)
+    assert _statuses(converted.ours)["duplicate-dq"] == (
+        "skipped",
+        "no dequantize node has more than one user, and no node is unused",
+    )
+    assert _statuses(converted.ours)["fold-quantize"][0] == "ran"
+    assert_same_quantized(converted.ours.graph_module, converted.reference, example)
+
+
+def test_duplicate_dq_still_runs_to_erase_unused_nodes_as_torchaos_pass_does() -> None:
+    torch.manual_seed(0)
+    example = (torch.randn(1, 3, 5, 7),)
+    raw = raw_converted(
+        SeedObsSharingOps().eval(), SeedBackendQuantizer(SEED_CASES["no_need_for_duplicate_dq"][1]), [example]
+    )
+    placeholder = next(iter(raw.graph.find_nodes(op="placeholder")))
+    with raw.graph.inserting_after(placeholder):
+        raw.graph.call_function(torch.ops.aten.relu.default, (placeholder,))
+    raw.recompile()
+    converted = run_both(raw)
+    assert _statuses(converted.ours)["duplicate-dq"] == ("ran", None)
+    assert not converted.ours.graph_module.graph.find_nodes(
+        op="call_function", target=torch.ops.aten.relu.default
+    )
+    assert_same_quantized(converted.ours.graph_module, converted.reference, example)
+
+
 def test_duplicated_dequantize_nodes_come_from_the_original_and_carry_their_consumer() -> None:
     converted = zoo_converted("seed_shared_dq", "xnnpack-per-channel")
     ours, audit = converted.ours.graph_module, converted.ours.audit
