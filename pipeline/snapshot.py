@@ -39,17 +39,23 @@ class NodeRecord(NamedTuple):
     users: int
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_target_name(target: Hashable) -> str:
-    return target_name(target)
+_TARGET_NAMES: dict[Any, str] = {}
+_MAX_CACHED_NAMES = 4096
 
 
 def readable_target(target: Any) -> str:
-    """:func:`~pipeline.naming.target_name`, cached for hashable targets."""
+    """:func:`~pipeline.naming.target_name`, remembered for hashable targets (strings are their own)."""
+    if type(target) is str:
+        return target
     try:
-        return _cached_target_name(target)
+        name = _TARGET_NAMES.get(target)
     except TypeError:
         return target_name(target)
+    if name is None:
+        name = target_name(target)
+        if len(_TARGET_NAMES) < _MAX_CACHED_NAMES:
+            _TARGET_NAMES[target] = name
+    return name
 
 
 class GraphSnapshot:
@@ -91,28 +97,31 @@ class GraphSnapshot:
         if graph_module is None:
             return cls(graphs, keys, signature=IdentitySignature([]) if signed else None)
         fields = [(field.key, field.snapshot) for field in meta_fields]
-        new = NodeRecord._make
+        record = tuple.__new__
         every_meta: list[dict[str, Any]] = []
+        keep_meta = every_meta.append if signed else None
         for path, module in graph_modules(graph_module):
             records: dict[torch.fx.Node, NodeRecord] = {}
             for node in module.graph.nodes:
                 meta = node.meta
-                if signed:
-                    every_meta.append(meta.copy())
+                if keep_meta is not None:
+                    keep_meta(meta.copy())
                 watched = []
                 for key, snap in fields:
                     value = meta.get(key)
                     watched.append(value if value is None or type(value) is str else snap(value))
-                records[node] = new(
+                target = node.target
+                records[node] = record(
+                    NodeRecord,
                     (
                         node.name,
                         node.op,
-                        readable_target(node.target),
+                        target if type(target) is str else readable_target(target),
                         node._args,
                         node._kwargs,
                         tuple(watched),
                         len(node.users),
-                    )
+                    ),
                 )
             graphs[path] = records
             objects[path] = module.graph
