@@ -5,7 +5,9 @@
 the weight; on a 128 MB embedding-sized weight that is several hundred MB at
 once. Cutting the weight into slabs along its first dimension gives the same
 int8 values bit for bit (every element sees the same arithmetic) while the
-temporaries stay one slab large.
+temporaries stay one slab large. Each slab's result is written into the one
+int8 tensor returned, so the quantized copy is never held twice (as
+concatenating the slabs would).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def quantize(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ):
         return target(*args, **kwargs)
     rows = max(1, SLAB_BYTES // max(1, value[0].numel() * value.element_size()))
-    slabs = []
+    result: torch.Tensor | None = None
     for start in range(0, value.shape[0], rows):
         stop = min(start + rows, value.shape[0])
         slab_args = list(args)
@@ -40,5 +42,8 @@ def quantize(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if target is ops.QUANTIZE_PER_CHANNEL and args[3] == 0:
             slab_args[1] = args[1][start:stop]
             slab_args[2] = args[2][start:stop]
-        slabs.append(target(*slab_args))
-    return torch.cat(slabs)
+        slab = target(*slab_args)
+        if result is None:
+            result = slab.new_empty((value.shape[0], *slab.shape[1:]))
+        result[start:stop] = slab
+    return result

@@ -13,12 +13,21 @@ def weight():
     return torch.randn(3000, 40, 3, generator=torch.Generator().manual_seed(0))
 
 
-def test_per_tensor(weight):
+def test_per_tensor(weight, monkeypatch):
+    monkeypatch.setattr(chunked, "SLAB_BYTES", 64 * 1024)
     arguments = (weight, 0.013, -3, -128, 127, torch.int8)
-    assert weight.numel() * 4 > chunked.SLAB_BYTES // 8
-    assert torch.equal(
-        chunked.quantize(ops.QUANTIZE_PER_TENSOR, arguments, {}), ops.QUANTIZE_PER_TENSOR(*arguments)
-    )
+    slabs = []
+    quantize = ops.QUANTIZE_PER_TENSOR
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        slabs.append(args[0].shape[0])
+        return quantize(*args)
+
+    monkeypatch.setattr(chunked.ops, "QUANTIZE_PER_TENSOR", counted)
+    quantized = chunked.quantize(counted, arguments, {})
+    assert len(slabs) > 10 and sum(slabs) == weight.shape[0]
+    expected = quantize(*arguments)
+    assert quantized.dtype == expected.dtype and torch.equal(quantized, expected)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
