@@ -23,7 +23,6 @@ The test suite compares the two on every graph it compiles.
 from __future__ import annotations
 
 import functools
-import keyword
 import os
 import re
 from typing import Any
@@ -71,7 +70,6 @@ class _Writer:
     """Writes one graph's code: one line per node, each followed by the values it is the last to use."""
 
     def __init__(self, graph: torch.fx.Graph, codegen: CodeGen) -> None:
-        self.graph = graph
         self.codegen = codegen
         self.nodes = list(graph.nodes)
         self.names = _names(self.nodes)
@@ -174,14 +172,15 @@ def _names(nodes: list[torch.fx.Node]) -> dict[torch.fx.Node, str]:
     """Each node's name in the code: its own, when FX's code namespace would keep it unchanged.
 
     FX names the code's variables in a fresh namespace that already holds its
-    builtins; a unique identifier that is no keyword or builtin passes through
-    it unchanged, so anything else is left to FX.
+    builtins; a unique identifier that is no keyword or builtin (FX's
+    ``_illegal_names`` holds both) passes through it unchanged, so anything
+    else is left to FX.
     """
     names = {node: node.name for node in nodes}
     if len(set(names.values())) != len(names):
         raise _Declined
     for name in names.values():
-        if _IDENTIFIER.fullmatch(name) is None or name in _illegal_names or keyword.iskeyword(name):
+        if _IDENTIFIER.fullmatch(name) is None or name in _illegal_names:
             raise _Declined
     return names
 
