@@ -24,7 +24,7 @@ def eliminate_dead_code(graph: torch.fx.Graph) -> bool:
 def has_dead_code(graph: torch.fx.Graph) -> bool:
     """Whether :func:`eliminate_dead_code` would erase anything from ``graph`` or its nested graphs."""
     impure_random = _random_ops_are_impure()
-    if any(not node.users and not node.is_impure(impure_random) for node in graph.nodes):
+    if any(_is_dead(node, impure_random) for node in graph.nodes):
         return True
     return any(has_dead_code(child.graph) for child in _nested_graph_modules(graph))
 
@@ -34,10 +34,14 @@ def erase_unused(graph: torch.fx.Graph) -> bool:
     impure_random = _random_ops_are_impure()
     changed = False
     for node in reversed(graph.nodes):
-        if not node.users and not node.is_impure(impure_random):
+        if _is_dead(node, impure_random):
             graph.erase_node(node)
             changed = True
     return changed
+
+
+def _is_dead(node: torch.fx.Node, impure_random: bool) -> bool:
+    return not node.users and not node.is_impure(impure_random)
 
 
 def _random_ops_are_impure() -> bool:

@@ -54,10 +54,8 @@ class DuplicateDequantize(Stage):
         if ctx.graph_module is None:
             return None
         for _, module in quantizable_graph_modules(ctx.graph_module):
-            graph = module.graph
-            if any(len(node.users) > 1 for node in _dequantize_nodes(graph)) or dead_code.has_dead_code(
-                graph
-            ):
+            shared = any(len(node.users) > 1 for node in _dequantize_nodes(module.graph))
+            if shared or dead_code.has_dead_code(module.graph):
                 return None
         return "no dequantize node has more than one user, and no node is unused"
 
