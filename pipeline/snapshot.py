@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import torch.fx
@@ -99,30 +99,31 @@ class GraphSnapshot:
         fields = [(field.key, field.snapshot) for field in meta_fields]
         record = tuple.__new__
         every_meta: list[dict[str, Any]] = []
-        keep_meta = every_meta.append if signed else None
         for path, module in graph_modules(graph_module):
-            records: dict[torch.fx.Node, NodeRecord] = {}
-            for node in module.graph.nodes:
-                meta = node.meta
-                if keep_meta is not None:
-                    keep_meta(meta.copy())
-                watched = []
-                for key, snap in fields:
-                    value = meta.get(key)
-                    watched.append(value if value is None or type(value) is str else snap(value))
-                target = node.target
-                records[node] = record(
+            nodes = list(module.graph.nodes)
+            metas = [node.meta for node in nodes]
+            if signed:
+                every_meta.extend(map(dict.copy, metas))
+            watched = (
+                zip(*(_column(metas, key, snap) for key, snap in fields), strict=True)
+                if fields
+                else [()] * len(nodes)
+            )
+            records = {
+                node: record(
                     NodeRecord,
                     (
                         node.name,
                         node.op,
-                        target if type(target) is str else readable_target(target),
+                        target if type(target := node.target) is str else readable_target(target),
                         node._args,
                         node._kwargs,
-                        tuple(watched),
+                        values,
                         len(node.users),
                     ),
                 )
+                for node, values in zip(nodes, watched, strict=True)
+            }
             graphs[path] = records
             objects[path] = module.graph
         if not signed:
@@ -195,6 +196,16 @@ class GraphSnapshot:
             for path, records in self.graphs.items()
             for node, record in records.items()
         )
+
+
+def _column(metas: list[dict[str, Any]], key: str, snap: Callable[[Any], Hashable]) -> list[Hashable]:
+    """One watched key's snapshot for every node, ``None`` where it is absent.
+
+    A column at a time: the common case (absent, or a string, its own snapshot)
+    costs one comprehension step per node rather than a loop turn per node and key.
+    """
+    column = [meta.get(key) for meta in metas]
+    return [value if value is None or type(value) is str else snap(value) for value in column]
 
 
 def same_arguments(old: Any, new: Any) -> bool:

@@ -32,6 +32,7 @@ from torchao.quantization.pt2e.utils import is_per_channel, to_underlying_dtype
 from pipeline import Context, Stage, StageError, Violation, condition
 from pipeline.naming import describe_node
 from plugins import dead_code, histogram, observers, ops
+from plugins.node_insertion import insert_node
 from plugins.prepare import OBSERVED_KEY, AttributeNamer, observer_nodes
 from plugins.subgraphs import quantizable_graph_modules
 
@@ -169,9 +170,9 @@ class _Converter:
             else:
                 quantize, dequantize = ops.QUANTIZE_PER_TENSOR, ops.DEQUANTIZE_PER_TENSOR
                 qparams = (float(scale), int(zero_point), quant_min, quant_max, target_dtype)
-            quantized = self.graph.create_node("call_function", quantize, (source, *qparams), {})
-            dequantized = self.graph.call_function(
-                dequantize, (quantized, *qparams), _dequantize_kwargs(source)
+            quantized = insert_node(self.graph, "call_function", quantize, (source, *qparams))
+            dequantized = insert_node(
+                self.graph, "call_function", dequantize, (quantized, *qparams), _dequantize_kwargs(source)
             )
         self._finish(node, quantized, dequantized)
 
@@ -189,35 +190,39 @@ class _Converter:
         quant_min, quant_max = observer.quant_min, observer.quant_max
         source = node.args[0]
         with self.graph.inserting_before(node):
-            choose = self.graph.create_node(
+            choose = insert_node(
+                self.graph,
                 "call_function",
                 _CHOOSE_BY_SCHEME[scheme],
                 (source, quant_min, quant_max, eps, target_dtype),
-                {},
             )
-            scale = self.graph.create_node("call_function", operator.getitem, (choose, 0), {})
-            zero_point = self.graph.create_node("call_function", operator.getitem, (choose, 1), {})
+            scale = insert_node(self.graph, "call_function", operator.getitem, (choose, 0))
+            zero_point = insert_node(self.graph, "call_function", operator.getitem, (choose, 1))
             qparams = (scale, zero_point, quant_min, quant_max, target_dtype)
-            quantized = self.graph.create_node(
-                "call_function", ops.QUANTIZE_PER_TENSOR_TENSOR, (source, *qparams), {}
+            quantized = insert_node(
+                self.graph, "call_function", ops.QUANTIZE_PER_TENSOR_TENSOR, (source, *qparams)
             )
-            dequantized = self.graph.call_function(
-                ops.DEQUANTIZE_PER_TENSOR_TENSOR, (quantized, *qparams), _dequantize_kwargs(source)
+            dequantized = insert_node(
+                self.graph,
+                "call_function",
+                ops.DEQUANTIZE_PER_TENSOR_TENSOR,
+                (quantized, *qparams),
+                _dequantize_kwargs(source),
             )
         self._finish(node, quantized, dequantized)
 
     def _float16(self, node: torch.fx.Node) -> None:
         with self.graph.inserting_before(node):
-            half = self.graph.create_node(
-                "call_function", ops.CONVERT_ELEMENT_TYPE, (node.args[0], torch.float16), {}
+            half = insert_node(
+                self.graph, "call_function", ops.CONVERT_ELEMENT_TYPE, (node.args[0], torch.float16)
             )
-            full = self.graph.create_node("call_function", ops.CONVERT_ELEMENT_TYPE, (half, torch.float), {})
+            full = insert_node(self.graph, "call_function", ops.CONVERT_ELEMENT_TYPE, (half, torch.float))
         node.replace_all_uses_with(full)
         self.graph.erase_node(node)
 
     def _buffer(self, name: str, value: torch.Tensor) -> torch.fx.Node:
         self.module.register_buffer(name, value.detach().clone())
-        return self.graph.create_node("get_attr", name)
+        return insert_node(self.graph, "get_attr", name)
 
     def _finish(self, node: torch.fx.Node, quantized: torch.fx.Node, dequantized: torch.fx.Node) -> None:
         node.replace_all_uses_with(dequantized)

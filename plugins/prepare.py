@@ -29,6 +29,7 @@ from torchao.quantization.pt2e.quantizer import QuantizationSpecBase
 from pipeline import Context, Stage, StageError, Violation, condition
 from plugins import observers, sharing
 from plugins.annotation import annotation_of
+from plugins.node_insertion import insert_node
 from plugins.subgraphs import quantizable_graph_modules
 
 OBSERVER_PREFIX = "activation_post_process_"
@@ -213,7 +214,7 @@ class _Inserter:
             self.graph.inserting_after(after),
             self.ctx.origin(*sources, observes=observes, **observers.summary(instance)),
         ):
-            observer = self.graph.create_node("call_module", name, (after,), {})
+            observer = insert_node(self.graph, "call_module", name, (after,))
         observer.meta[OBSERVED_KEY] = observes
         self.observer_of[observer] = instance
         self.count += 1
