@@ -103,9 +103,7 @@ class AuditRecorder(Instrumentation):
                 changes = StageChanges((), 0, 0, 0)
             else:
                 changes = self._differ.changes(before, after, log)
-                stage, plugin = step.stage.name, step.plugin.name
-                for name, fields in changes.events:
-                    self._trail.emit_plain(name, {"stage": stage, "plugin": plugin, **fields})
+                self._trail.emit_batch(changes.events, {"stage": step.stage.name, "plugin": step.plugin.name})
         else:
             changes = None
         common = {

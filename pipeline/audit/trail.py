@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -18,12 +19,32 @@ class _TrailLogger(structlog.BoundLoggerBase):
 
     structlog's ``BoundLogger.info(event, **fields)`` appends the event name
     after the fields; the trail's events put it fourth (see the schema), so
-    they are built in order and passed down the chain as they are.
+    they are built in order and passed down the chain as they are. Each event
+    dict is built for this one call and the trail binds no context, so the
+    processors get it directly rather than a merged copy; what the last one
+    returns reaches the sink as structlog hands it on (a string, bytes or
+    bytearray as the one argument, a tuple as ``(args, kwargs)``, a dict as
+    keywords).
     """
 
     def write(self, event: dict[str, Any]) -> Any:
-        args, kwargs = self._process_event("info", None, event)
-        return self._logger.info(*args, **kwargs)
+        if self._context:
+            args, kwargs = self._process_event("info", None, event)
+            return self._logger.info(*args, **kwargs)
+        result: Any = event
+        for processor in self._processors:
+            result = processor(self._logger, "info", result)
+        if type(result) is tuple:
+            args, kwargs = result
+            return self._logger.info(*args, **kwargs)
+        if isinstance(result, (str, bytes, bytearray)):
+            return self._logger.info(result)
+        if isinstance(result, dict):
+            return self._logger.info(**result)
+        raise ValueError(
+            "the audit sink's last processor must return a str, bytes, bytearray, tuple or dict, "
+            f"got {type(result).__name__}"
+        )
 
 
 class AuditTrail:
@@ -49,35 +70,35 @@ class AuditTrail:
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event; ``event`` must belong to the vocabulary."""
-        if not self.enabled:
-            return
-        if event not in VOCABULARY:
-            raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
-        self._log.write(self._stamped(event, plain(fields)))
+        if self.enabled:
+            self.emit_batch(((event, plain(fields)),), {})
 
-    def emit_plain(self, event: str, fields: dict[str, Any]) -> None:
-        """Write one event whose fields are already plain JSON data.
+    def emit_batch(self, batch: Iterable[tuple[str, dict[str, Any]]], shared: dict[str, Any]) -> None:
+        """Write events whose fields, and the ``shared`` fields each starts with, are plain JSON data.
 
-        (See :func:`~pipeline.audit.serialize.plain`.)
-
-        The recorder's node events are built that way; skipping the walk that
-        would normalize them is most of what an event costs.
+        The recorder's node events are built that way, a stage's worth at a
+        time; skipping the walk that would normalize them is most of what an
+        event costs. The events of a batch are recorded at one moment and
+        carry its time.
         """
         if not self.enabled:
             return
-        if event not in VOCABULARY:
-            raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
-        self._log.write(self._stamped(event, fields))
-
-    def _stamped(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION,
-            "run": self.run_id,
-            "seq": next(self._counter),
-            "event": event,
-            "time": round(time.time(), 6),
-            **fields,
-        }
+        now = round(time.time(), 6)
+        counter, run, write = self._counter, self.run_id, self._log.write
+        for event, fields in batch:
+            if event not in VOCABULARY:
+                raise ValueError(f"{event!r} is not an audit event; see pipeline.audit.events")
+            write(
+                {
+                    "schema": SCHEMA_VERSION,
+                    "run": run,
+                    "seq": next(counter),
+                    "event": event,
+                    "time": now,
+                    **shared,
+                    **fields,
+                }
+            )
 
     def flush(self) -> None:
         """Make what has been emitted durable (called at every stage boundary)."""

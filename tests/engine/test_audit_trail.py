@@ -14,6 +14,7 @@ from support.toyflow import ToyCapture, ToyClamp, ToyPlugin, ToyTag, exported, s
 from pipeline import (
     AuditLog,
     AuditLogError,
+    AuditSink,
     JsonLinesSink,
     MemorySink,
     NodeDescriber,
@@ -288,3 +289,52 @@ def test_a_memory_trail_holds_exactly_what_a_file_trail_reads_back(tmp_path):
 
     assert comparable(memory) == comparable(from_file)
     assert all(type(e) is dict for e in memory)
+
+
+class _RenderedSink(AuditSink):
+    """A third-party sink whose renderer returns what ``render`` makes of the event dict."""
+
+    def __init__(self, render):
+        self.render = render
+        self.calls = []
+
+    def renderer(self):
+        return lambda logger, method, event: self.render(event)
+
+    def info(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+
+
+@pytest.mark.parametrize(
+    ("render", "delivered"),
+    [
+        (lambda event: event["event"], lambda event: ((event["event"],), {})),
+        (lambda event: event["event"].encode(), lambda event: ((event["event"].encode(),), {})),
+        (lambda event: bytearray(b"x"), lambda event: ((bytearray(b"x"),), {})),
+        (
+            lambda event: ((event["seq"],), {"name": event["event"]}),
+            lambda event: ((event["seq"],), {"name": event["event"]}),
+        ),
+        (lambda event: {"name": event["event"]}, lambda event: ((), {"name": event["event"]})),
+    ],
+    ids=["str", "bytes", "bytearray", "args-kwargs", "dict"],
+)
+def test_a_sink_receives_what_its_renderer_returns_as_structlog_hands_it_on(render, delivered):
+    sink = _RenderedSink(render)
+    events = run_toy(MemorySink()).audit.events
+    run_toy(sink)
+    assert len(sink.calls) == len(events)
+    assert sink.calls == [delivered(event) for event in _same_seq(events)]
+
+
+def _same_seq(events):
+    """The reference run's events as the custom sink's run saw them (only their name and seq are used)."""
+    return [{"event": event["event"], "seq": event["seq"]} for event in events]
+
+
+def test_a_renderer_returning_something_else_is_an_error_naming_what_it_returned():
+    from pipeline.audit.trail import AuditTrail
+
+    trail = AuditTrail(_RenderedSink(lambda event: 42), "r")
+    with pytest.raises(ValueError, match="must return a str, bytes, bytearray, tuple or dict, got int"):
+        trail.emit("stage.note", message="x")
