@@ -32,37 +32,40 @@ _MISSING = object()
 def lint_graph(module: torch.fx.GraphModule, path: str = "") -> Iterator[Violation]:
     """Every way the graph of ``module`` (at ``path`` in the run's module tree) is malformed."""
     graph = module.graph
-    table = graph._find_nodes_lookup_table
+    buckets = graph._find_nodes_lookup_table.table
     defined: set[torch.fx.Node] = set()
     names: set[str] = set()
     resolver = _Resolver(module)
     for node in graph.nodes:
-        if node.op not in LEGAL_OPS:
-            yield Violation(f"has the unknown opcode {node.op!r}", node=node, graph=path)
+        op = node.op
+        if op not in LEGAL_OPS:
+            yield Violation(f"has the unknown opcode {op!r}", node=node, graph=path)
         if node.graph is not graph:
             yield Violation("belongs to another graph", node=node, graph=path)
-        elif node not in table:
+        elif node not in buckets.get((op, node.target if op == "call_function" else None), ()):
             yield Violation(
                 "is missing from its graph's node table (made without the graph's API?)",
                 node=node,
                 graph=path,
             )
         for used in node._input_nodes:
-            if used.graph is not graph:
-                yield Violation(f"uses {used.name!r}, a node of another graph", node=node, graph=path)
-            elif used not in defined:
-                yield Violation(
-                    f"uses {used.name!r} before it is defined (the nodes are out of topological order)",
-                    node=node,
-                    graph=path,
-                )
+            if used not in defined:
+                yield Violation(_use_problem(used, graph), node=node, graph=path)
         if node.name in names:
             yield Violation(f"reuses the name {node.name!r} of an earlier node", node=node, graph=path)
         names.add(node.name)
         defined.add(node)
+        if op == "call_function" and callable(node.target):
+            continue
         problem = _target_problem(node, resolver)
         if problem is not None:
             yield Violation(problem, node=node, graph=path)
+
+
+def _use_problem(used: torch.fx.Node, graph: torch.fx.Graph) -> str:
+    if used.graph is not graph:
+        return f"uses {used.name!r}, a node of another graph"
+    return f"uses {used.name!r} before it is defined (the nodes are out of topological order)"
 
 
 def _target_problem(node: torch.fx.Node, resolver: _Resolver) -> str | None:

@@ -50,7 +50,9 @@ class StageRun:
         """Whether the graph's structure or watched metadata differ after the stage."""
         if self.before is None or self.after is None:
             return True
-        return self.before is not self.after and not self.before.same_as(self.after)
+        if self.before is self.after or self.changed_graphs:
+            return self.before is not self.after
+        return not self.before.same_as(self.after)
 
     def failure(self, message: str) -> StageFailedError:
         """The error that fails this stage, naming it and its plugin."""

@@ -308,7 +308,8 @@ class Differ:
             return {}
         details: dict[str, Any] = {}
         for describer in describers:
-            details.update(serialize.detail(dict(describer.describe(node))))
+            described = describer.describe(node)
+            details.update(serialize.detail(described if type(described) is dict else dict(described)))
         return details
 
 

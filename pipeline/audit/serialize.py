@@ -12,11 +12,13 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch.fx.immutable_collections import immutable_list
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 _MAX_REPR = 200
 _JSON_LEAVES = frozenset({str, int, bool, type(None)})
 """Leaf types that are already plain JSON: containers copy them without a call per element."""
+_NAMED_CONSTANTS = frozenset({torch.dtype, torch.device, torch.layout, torch.memory_format})
+"""Argument types written as their ``str`` (``torch.int8``), as FX's own printout shows them."""
 
 
 class PlainList(list):  # type: ignore[type-arg]
@@ -37,6 +39,10 @@ def argument(value: Any) -> Any:
         return value if math.isfinite(value) else repr(value)
     if kind is tuple or kind is immutable_list or kind is list:
         return [argument(item) for item in value]
+    if kind is immutable_dict or kind is dict:
+        return {key if type(key) is str else str(key): argument(item) for key, item in value.items()}
+    if kind in _NAMED_CONSTANTS:
+        return str(value)
     return _any_argument(value)
 
 
@@ -60,8 +66,11 @@ def _any_argument(value: Any) -> Any:
 
 def detail(value: Any) -> Any:
     """A detail a stage or describer attached to an event: plain JSON, nodes as ``"%name"``."""
-    if type(value) is PlainList:
+    kind = type(value)
+    if kind is PlainList:
         return value
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
     if isinstance(value, torch.fx.Node):
         return f"%{value.name}"
     if isinstance(value, (list, tuple)):

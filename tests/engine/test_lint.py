@@ -51,6 +51,18 @@ def reuse_a_name(graph_module: torch.fx.GraphModule) -> None:
     )  # past the namespace, as a careless pass might
 
 
+def insert_behind_the_table(graph_module: torch.fx.GraphModule) -> None:
+    relu = relu_of(graph_module)
+    stray = torch.fx.Node(
+        graph_module.graph, "stray", "call_function", torch.ops.aten.relu.default, (relu,), {}
+    )
+    relu.append(stray)
+
+
+def give_an_unknown_opcode(graph_module: torch.fx.GraphModule) -> None:
+    object.__setattr__(relu_of(graph_module), "op", "call_everything")
+
+
 BREAKAGES: dict[str, tuple[Callable[[torch.fx.GraphModule], None], str, str]] = {
     "out of order": (move_relu_first, "relu", "uses 'linear' before it is defined"),
     "foreign node": (use_a_foreign_node, "relu", "a node of another graph"),
@@ -58,6 +70,8 @@ BREAKAGES: dict[str, tuple[Callable[[torch.fx.GraphModule], None], str, str]] = 
     "module that is a tensor": (call_a_tensor_as_a_module, "called", "is not a module"),
     "uncallable target": (give_a_function_a_string, "relu", "which is not callable"),
     "reused name": (reuse_a_name, "x", "reuses the name 'x'"),
+    "node behind the table": (insert_behind_the_table, "stray", "missing from its graph's node table"),
+    "unknown opcode": (give_an_unknown_opcode, "relu", "unknown opcode 'call_everything'"),
 }
 
 
