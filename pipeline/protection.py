@@ -26,16 +26,25 @@ if TYPE_CHECKING:
 
 
 def _owned_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor the model's modules hold (parameters, buffers, plain attributes), by qualified name.
+
+    Modules in ``named_modules(remove_duplicate=False)`` order, walked with a
+    plain stack: a prepared model has an observer module per observed edge.
+    """
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        dot = f"{prefix}." if prefix else ""
-        for name, value in (
-            *module._parameters.items(),
-            *module._buffers.items(),
-            *vars(module).items(),
-        ):
-            if isinstance(value, torch.Tensor):
-                tensors.setdefault(dot + name, value)
+    tensor = torch.Tensor
+    stack: list[tuple[str, torch.nn.Module]] = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        for table in (module._parameters, module._buffers, vars(module)):
+            for name, value in table.items():
+                if isinstance(value, tensor):
+                    tensors.setdefault(prefix + name, value)
+        stack.extend(
+            (f"{prefix}{name}.", child)
+            for name, child in reversed(module._modules.items())
+            if child is not None
+        )
     return tensors
 
 

@@ -123,13 +123,14 @@ def _value(owner: torch.nn.Module | None, argument: Any) -> Any:
 
 
 def _tensor(tensor: torch.Tensor) -> Any:
-    flat = tensor.detach().flatten()
-    if flat.numel() <= _LISTED_VALUES:
-        values = flat.tolist()
+    """A short tensor (a scale or zero point vector) as its values; a longer one as its shape and range."""
+    if tensor.numel() <= _LISTED_VALUES:
+        values = tensor.tolist() if tensor.dim() <= 1 else tensor.detach().flatten().tolist()
         if tensor.dim() == 0:
-            return values[0]
-        finite = not flat.is_floating_point() or all(map(math.isfinite, values))
+            return values
+        finite = not tensor.is_floating_point() or all(map(math.isfinite, values))
         return PlainList(values) if finite else values
+    flat = tensor.detach().flatten()
     return {
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype),

@@ -187,11 +187,14 @@ class Differ:
         for merged in replacements.values():
             sources.setdefault(merged.new_name, []).append(merged.old.name)
         found = _HookEvents([], set(), 0, 0, replaced_by, sources)
+        origins: dict[int, tuple[list[str], dict[str, Any]]] = {}
         for entry in log:
             if isinstance(entry, Created) and entry.node not in kept_new:
                 found.hooked.add(entry.node)
                 record = after.record(entry.graph, entry.node)
-                found.events.append(self._created(entry.node, entry.graph, record, entry.origin, sources))
+                found.events.append(
+                    self._created(entry.node, entry.graph, record, entry.origin, sources, origins)
+                )
                 found.added += record is not None
             elif isinstance(entry, Erased) and entry.node not in kept_old:
                 found.hooked.add(entry.node)
@@ -213,7 +216,9 @@ class Differ:
         record: NodeRecord | None,
         origin: Origin | None,
         replaced: Mapping[str, list[str]],
+        origins: dict[int, tuple[list[str], dict[str, Any]]] | None = None,
     ) -> Event:
+        """``origins`` keeps each origin's serialized sources and details for the other nodes it made."""
         fields: dict[str, Any] = {
             "graph": graph,
             "node": node.name,
@@ -224,8 +229,8 @@ class Differ:
         }
         details: dict[str, Any] = {}
         if origin is not None:
-            fields["sources"] = [source.name for source in origin.sources]
-            details.update(serialize.detail(dict(origin.details)))
+            fields["sources"], origin_details = _origin_fields(origin, origins)
+            details.update(origin_details)
         else:
             fields["sources"] = sorted(set(replaced.get(node.name, ())))
         details.update(self._describe(node))
@@ -311,6 +316,25 @@ class Differ:
             described = describer.describe(node)
             details.update(serialize.detail(described if type(described) is dict else dict(described)))
         return details
+
+
+def _origin_fields(
+    origin: Origin, serialized: dict[int, tuple[list[str], dict[str, Any]]] | None
+) -> tuple[list[str], dict[str, Any]]:
+    """The origin's source names and serialized details, serialized once per origin.
+
+    A stage makes several nodes under one origin (a quantize and its
+    dequantize). The first node's event takes the serialized values; the
+    others get copies made before any event is emitted, so no two events share
+    a container. The origins are alive in the hook log, so their ids are theirs.
+    """
+    known = serialized.get(id(origin)) if serialized is not None else None
+    if known is not None:
+        return list(known[0]), serialize.fresh(known[1])
+    found = ([source.name for source in origin.sources], serialize.detail(dict(origin.details)))
+    if serialized is not None:
+        serialized[id(origin)] = found
+    return found
 
 
 def _same_graphs(before: GraphSnapshot, after: GraphSnapshot) -> bool:

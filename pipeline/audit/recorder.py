@@ -168,7 +168,7 @@ class AuditRecorder(Instrumentation):
             path: [[node.name, node.op, readable_target(node.target)] for node in module.graph.nodes]
             for path, module in graph_modules(graph_module)
         }
-        self._trail.emit(events.GRAPH_BASELINE, stage=stage, graphs=graphs)
+        self._trail.emit_batch(((events.GRAPH_BASELINE, {"stage": stage, "graphs": graphs}),), {})
 
 
 def _record(node: torch.fx.Node) -> NodeRecord:

@@ -99,6 +99,25 @@ def snapshot(value: Any) -> Any:
     return _short(value)
 
 
+def fresh(value: Any) -> Any:
+    """A copy of plain JSON data that shares no list or dict with ``value``.
+
+    For one serialized value that several events carry: each event gets
+    containers of its own, as if it had been serialized for it alone.
+    """
+    kind = type(value)
+    if kind is PlainList:
+        return PlainList(value)
+    if kind is dict:
+        return {key: item if type(item) in _SCALARS else fresh(item) for key, item in value.items()}
+    if kind is list:
+        return [item if type(item) in _SCALARS else fresh(item) for item in value]
+    return value
+
+
+_SCALARS = _JSON_LEAVES | {float}
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."

@@ -92,3 +92,25 @@ def test_calibration_reports_progress_and_is_noted():
     assert seen == [(1, 3), (2, 3), (3, 3)]
     notes = [e["message"] for e in result.audit.select(stage="calibrate", action="stage.note")]
     assert notes == ["calibrated on 3 batch(es)"]
+
+
+def test_nodes_made_under_one_origin_carry_equal_details_in_containers_of_their_own():
+    result = run("residual_cnn", "xnnpack-per-channel")
+    created = [
+        event
+        for event in result.audit.events
+        if event["event"] == "node.created" and event["stage"] == "convert" and "observer" in event["details"]
+    ]
+    by_observer: dict[str, list[dict]] = {}
+    for event in created:
+        by_observer.setdefault(event["details"]["observer"], []).append(event)
+    pairs = [events for events in by_observer.values() if len(events) > 1]
+    assert pairs, "no observer made more than one node"
+    for first, *others in pairs:
+        for other in others:
+            assert other["sources"] == first["sources"]
+            assert other["details"]["observes"] == first["details"]["observes"]
+            assert other["sources"] is not first["sources"]
+            assert other["details"]["observes"] is not first["details"]["observes"]
+        first["details"]["observes"].append("changed by a reader")
+        assert all("changed by a reader" not in other["details"]["observes"] for other in others)
