@@ -184,6 +184,8 @@ class _ErrorModel:
     - what depends on the observer only is computed once: the source bin
       edges for every start bin (the edges for one start bin are a slice of
       them, each element the same op on the same values) and the density;
+    - the begin and end edges are one tensor of two rows, so each floor
+      division and clamp is one op over both (element-wise, the same values);
     - what is the same for every bin is computed once on Python floats: the
       cube of half a destination bin and the middle term's factor. torchao
       computes them on 0-d float32 tensors or tensors filled with one value;
@@ -204,8 +206,8 @@ class _ErrorModel:
         self.bins = bins
         self.dst_nbins = observer.dst_nbins
         self.bin_width = (observer.max_val.item() - observer.min_val.item()) / bins
-        self.begins = torch.arange(-(bins - 1), bins) * self.bin_width
-        self.ends = self.begins + self.bin_width
+        begins = torch.arange(-(bins - 1), bins) * self.bin_width
+        self.edges = torch.stack((begins, begins + self.bin_width))
         self.density = (observer.histogram / self.bin_width).numpy()
 
     @staticmethod
@@ -223,22 +225,22 @@ class _ErrorModel:
         if dst_bin_width == 0.0:
             return 0.0
         offset = self.bins - 1 - start_bin
-        begin = self.begins[offset : offset + self.bins]
-        end = self.ends[offset : offset + self.bins]
-        last = self.dst_nbins - 1
-        dst_of_begin = torch.div(begin, dst_bin_width, rounding_mode="floor").clamp_(0, last).numpy()
-        dst_of_end = torch.div(end, dst_bin_width, rounding_mode="floor").clamp_(0, last).numpy()
+        edges = self.edges[:, offset : offset + self.bins]
+        dst_of_begin, dst_of_end = (
+            torch.div(edges, dst_bin_width, rounding_mode="floor").clamp_(0, self.dst_nbins - 1).numpy()
+        )
+        begin, end = edges.numpy()
         width = numpy.float32(_float32(dst_bin_width))
         half = _float32(dst_bin_width / 2)
         minus_half = _float32(-dst_bin_width / 2)
         whole_bin = _float32(_float32(_cube(half) - _cube(minus_half)) / 3)
         with numpy.errstate(all="ignore"):
-            delta_begin = begin.numpy() - (dst_of_begin + _ONE_HALF) * width
+            delta_begin = begin - (dst_of_begin + _ONE_HALF) * width
             norm = self.density * (
                 (numpy.float32(_cube(half)) - delta_begin * delta_begin * delta_begin) / _THREE
             )
             norm += (dst_of_end - dst_of_begin - _ONE) * (self.density * numpy.float32(whole_bin))
-            delta_end = end.numpy() - (dst_of_end * width + numpy.float32(half))
+            delta_end = end - (dst_of_end * width + numpy.float32(half))
             norm += self.density * (
                 (delta_end * delta_end * delta_end - numpy.float32(_cube(minus_half))) / _THREE
             )
