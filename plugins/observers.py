@@ -117,17 +117,29 @@ def has_seen_data(module: torch.nn.Module) -> bool:
 
 
 def _all_finite(values: torch.Tensor) -> bool:
-    """Non-empty and finite; a one-element float tensor is read as a Python float, which keeps inf and NaN."""
-    if values.numel() == 1 and values.is_floating_point():
+    """Non-empty and finite.
+
+    A float scalar or vector of a few thousand values (a per-channel minimum
+    or maximum) is read as Python floats, which keep inf and NaN, rather than
+    checked with two tensor ops.
+    """
+    count = values.numel()
+    if count == 1 and values.is_floating_point():
         return math.isfinite(values.item())
-    return values.numel() > 0 and bool(torch.isfinite(values).all())
+    if values.dim() == 1 and 0 < count <= _READ_AS_FLOATS and values.is_floating_point():
+        return all(map(math.isfinite, values.tolist()))
+    return count > 0 and bool(torch.isfinite(values).all())
+
+
+_READ_AS_FLOATS = 4096
 
 
 def summary(module: torch.nn.Module) -> dict[str, Any]:
     """What an audit event says about an observer: its class, dtype, scheme and range."""
     fields: dict[str, Any] = {"observer_class": type(module).__name__}
+    state = vars(module)
     for name in ("dtype", "qscheme", "quant_min", "quant_max", "ch_axis", "is_dynamic"):
-        value = getattr(module, name, None)
+        value = state[name] if name in state else getattr(module, name, None)
         if value is not None:
             fields[name] = value if isinstance(value, (bool, int)) else str(value)
     eps = getattr(module, "eps", None)
