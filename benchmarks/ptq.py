@@ -13,9 +13,15 @@ parameter bytes.
     python benchmarks/ptq.py                 # the full table (several minutes)
     python benchmarks/ptq.py --quick         # small sizes only
 
-Each model runs in interleaved rounds (torchao, ours, ours without the trail)
-and each time is the best of the rounds, so that neither side is charged for
-a hiccup of the machine; a model on which torchao takes over 5 s runs once.
+Each model runs in a process of its own (both sides in that one process), so
+that what earlier models left behind in the interpreter (a 256-block CNN
+leaves gigabytes of freed heap) weighs on neither side and each convert's
+memory growth is its own. In it, the model runs in interleaved rounds
+(torchao, ours, ours without the trail) and each time is the best of the
+rounds, so that neither side is charged for a hiccup of the machine; a model
+on which torchao takes over 5 s runs once.
+
+    python benchmarks/ptq.py --model "transformer x4"   # one model, in this process
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import argparse
 import copy
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -255,6 +263,38 @@ def best_of(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def rows(label: str, build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]], rounds: int) -> list[str]:
+    """One model, both sides, in this process: its table row and its per-phase line."""
+    torch.manual_seed(0)
+    model, inputs = build()
+    exported = torch.export.export(model, inputs).module()
+    parameter_bytes = sum(p.numel() * p.element_size() for p in exported.parameters())
+    nodes = len(exported.graph.nodes)
+    runs: dict[str, list[dict[str, float]]] = {"torchao": [], "ours": [], "bare": []}
+    for round_number in range(rounds):
+        runs["torchao"].append(torchao_side(copy.deepcopy(exported), inputs))
+        runs["ours"].append(our_side(exported, inputs, audit=True))
+        runs["bare"].append(our_side(exported, inputs, audit=False))
+        if round_number == 0 and runs["torchao"][0]["prepare"] + runs["torchao"][0]["convert"] > 5:
+            break
+    reference, ours, bare = (best_of(runs[side]) for side in ("torchao", "ours", "bare"))
+    theirs_total = reference["prepare"] + reference["convert"]
+    ours_total = ours["prepare"] + ours["convert"]
+    bare_total = bare["prepare"] + bare["convert"]
+    phases = "  ".join(
+        f"{phase} {reference[phase] * 1000:.1f}/{ours[phase] * 1000:.1f} ms "
+        f"({ours[phase] / reference[phase]:.2f})"
+        for phase in ("prepare", "convert")
+    )
+    return [
+        f"{label:<28}{nodes:>7}{theirs_total:>11.2f}{ours_total:>9.2f}{ours_total / theirs_total:>7.2f}"
+        f"{bare_total:>17.2f}{bare_total / theirs_total:>7.2f}"
+        f"{reference['convert_memory'] / parameter_bytes:>12.2f}x"
+        f"{ours['convert_memory'] / parameter_bytes:>9.2f}x",
+        f"{'':<28}{'':>7}  {phases}  (torchao/ours, ratio)",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
@@ -266,10 +306,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=5,
         help="interleaved rounds per model; each time is the best (default 5)",
     )
+    parser.add_argument(
+        "--model", help="one model by its exact label, in this process (the table runs each in its own)"
+    )
     args = parser.parse_args(argv)
     global _recipe
     _recipe = args.recipe
     quantizer()
+    known = dict(models(quick=False))
+    if args.model is not None:
+        if args.model not in known:
+            parser.error(f"no model labelled {args.model!r}; the models: {', '.join(known)}")
+        print("\n".join(rows(args.model, known[args.model], args.rounds)), flush=True)
+        return
     header = (
         f"{'model':<28}{'nodes':>7}{'torchao s':>11}{'ours s':>9}{'ratio':>7}"
         f"{'ours no-trail s':>17}{'ratio':>7}{'mem torchao':>13}{'mem ours':>10}"
@@ -278,38 +327,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"prepare + convert, {args.recipe} recipe, best of {args.rounds} interleaved rounds (one when "
         f"torchao takes over 5 s); memory = convert peak RSS growth / parameter bytes, first round"
     )
-    print(header)
-    for label, build in models(args.quick):
+    print(header, flush=True)
+    for label, _ in models(args.quick):
         if args.only and args.only not in label:
             continue
-        torch.manual_seed(0)
-        model, inputs = build()
-        exported = torch.export.export(model, inputs).module()
-        parameter_bytes = sum(p.numel() * p.element_size() for p in exported.parameters())
-        nodes = len(exported.graph.nodes)
-        runs: dict[str, list[dict[str, float]]] = {"torchao": [], "ours": [], "bare": []}
-        for round_number in range(args.rounds):
-            runs["torchao"].append(torchao_side(copy.deepcopy(exported), inputs))
-            runs["ours"].append(our_side(exported, inputs, audit=True))
-            runs["bare"].append(our_side(exported, inputs, audit=False))
-            if round_number == 0 and runs["torchao"][0]["prepare"] + runs["torchao"][0]["convert"] > 5:
-                break
-        reference, ours, bare = (best_of(runs[side]) for side in ("torchao", "ours", "bare"))
-        theirs_total = reference["prepare"] + reference["convert"]
-        ours_total = ours["prepare"] + ours["convert"]
-        bare_total = bare["prepare"] + bare["convert"]
-        print(
-            f"{label:<28}{nodes:>7}{theirs_total:>11.2f}{ours_total:>9.2f}{ours_total / theirs_total:>7.2f}"
-            f"{bare_total:>17.2f}{bare_total / theirs_total:>7.2f}"
-            f"{reference['convert_memory'] / parameter_bytes:>12.2f}x"
-            f"{ours['convert_memory'] / parameter_bytes:>9.2f}x"
-        )
-        phases = "  ".join(
-            f"{phase} {reference[phase] * 1000:.1f}/{ours[phase] * 1000:.1f} ms "
-            f"({ours[phase] / reference[phase]:.2f})"
-            for phase in ("prepare", "convert")
-        )
-        print(f"{'':<28}{'':>7}  {phases}  (torchao/ours, ratio)")
+        command = [
+            sys.executable,
+            __file__,
+            "--model",
+            label,
+            "--recipe",
+            args.recipe,
+            "--rounds",
+            str(args.rounds),
+        ]
+        finished = subprocess.run(command, capture_output=True, text=True, check=False)
+        if finished.returncode != 0:
+            sys.exit(f"{label} failed:\n{finished.stderr}")
+        print("\n".join(finished.stdout.rstrip().splitlines()[-2:]), flush=True)
 
 
 if __name__ == "__main__":

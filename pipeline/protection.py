@@ -96,7 +96,7 @@ class CallerGuard(Instrumentation):
     def run_finished(self, run: RunState, error: BaseException | None) -> None:
         if self._graph is None:
             return
-        if IdentitySignature.of(self._graph) != self._signature:
+        if not self._signature.holds_for(self._graph):
             raise PipelineError(
                 "the run changed the caller's graph module (stages that ran: "
                 f"{', '.join(run.report.ran_names()) or 'none'}): a stage rewrote the caller's "

@@ -63,9 +63,7 @@ class ReadOnlyProof:
         """
         if self._signature is None or not (self._readers or self._writers):
             return
-        unchanged = (
-            graph_module is self._graph_module and IdentitySignature.of(graph_module) == self._signature
-        )
+        unchanged = graph_module is self._graph_module and self._signature.holds_for(graph_module)
         readers, self._readers = self._readers, []
         if not unchanged:
             raise self._failure(readers, upcoming)

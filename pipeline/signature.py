@@ -48,6 +48,26 @@ class IdentitySignature:
             return cls([])
         return cls([node for _, module in graph_modules(graph_module) for node in module.graph.nodes])
 
+    def holds_for(self, graph_module: torch.fx.GraphModule | None) -> bool:
+        """Whether ``graph_module`` still has this signature (``IdentitySignature.of(graph_module) == self``).
+
+        Compares each node's live ``meta`` with the copy kept here, so no copy
+        of every node's metadata is made to be compared and dropped.
+        """
+        nodes = (
+            []
+            if graph_module is None
+            else [node for _, module in graph_modules(graph_module) for node in module.graph.nodes]
+        )
+        try:
+            return bool(
+                nodes == self._nodes
+                and list(map(_FIELDS, nodes)) == self._fields
+                and all(map(operator.eq, self._meta, map(_META, nodes)))
+            )
+        except Exception:
+            return False
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IdentitySignature):
             return NotImplemented
