@@ -161,7 +161,12 @@ class ConstantCones:
                 self._evaluating = False
 
     def _evaluate_cone(self, node: torch.fx.Node) -> None:
-        """Depth first: a node is known once an input is known not constant, or all its inputs are known."""
+        """Depth first: a node is known once an input is known not constant, or all its inputs are known.
+
+        Inputs are settled one at a time, in order, so the inputs after one
+        that is not constant (a layer norm's weight after its activation) are
+        never evaluated for it.
+        """
         values = self.values
         stack = [node]
         while stack:
@@ -169,20 +174,18 @@ class ConstantCones:
             if current in values:
                 stack.pop()
                 continue
-            pending = []
             for item in current.all_input_nodes:
                 value = values.get(item, _PENDING)
                 if value is UNKNOWN:
                     values[current] = UNKNOWN
+                    stack.pop()
                     break
                 if value is _PENDING:
-                    pending.append(item)
+                    stack.append(item)
+                    break
             else:
-                if pending:
-                    stack.extend(pending)
-                    continue
                 values[current] = self._evaluate(current)
-            stack.pop()
+                stack.pop()
 
     def _evaluate(self, node: torch.fx.Node) -> Any:
         """The value of a node whose inputs are all known; the refusals come first, cheapest first."""
@@ -202,7 +205,9 @@ class ConstantCones:
         ):
             return UNKNOWN
         args, kwargs = torch.fx.node.map_aggregate((node.args, node.kwargs), self._argument)
-        if not any(isinstance(leaf, torch.Tensor) for leaf in pytree.arg_tree_leaves(*args, **kwargs)):
+        if not _holds_tensor((args, kwargs)) and not any(
+            isinstance(leaf, torch.Tensor) for leaf in pytree.arg_tree_leaves(*args, **kwargs)
+        ):
             return UNKNOWN
         try:
             result = self._run(node, args, kwargs)
@@ -217,7 +222,7 @@ class ConstantCones:
 
     def _attribute(self, node: torch.fx.Node) -> Any:
         try:
-            return operator.attrgetter(str(node.target))(self.module)
+            return _resolve(self.module, str(node.target))
         except Exception as error:
             raise _failed(node, error) from error
 
@@ -242,6 +247,50 @@ class ConstantCones:
             if isinstance(source, torch.fx.Node) and source.op == "get_attr":
                 return True
         return any(isinstance(arg, torch.fx.Node) and arg in self._mutable for arg in node.args)
+
+
+def _resolve(module: torch.nn.Module, dotted: str) -> Any:
+    """``operator.attrgetter(dotted)(module)``, reading modules' tables first (their ``__getattr__`` is slow).
+
+    A module cannot register a parameter, buffer or submodule under a name its
+    class already uses, so the tables answer as ``getattr`` would.
+    """
+    owner: Any = module
+    for atom in dotted.split("."):
+        if isinstance(owner, torch.nn.Module):
+            if atom in owner._parameters:
+                owner = owner._parameters[atom]
+                continue
+            if atom in owner._buffers:
+                owner = owner._buffers[atom]
+                continue
+            if atom in owner._modules:
+                owner = owner._modules[atom]
+                continue
+        owner = getattr(owner, atom)
+    return owner
+
+
+def _has_attribute(module: torch.nn.Module, name: str) -> bool:
+    """``hasattr(module, name)`` without a module ``__getattr__`` that raises for every free name."""
+    return (
+        name in vars(module)
+        or name in module._parameters
+        or name in module._buffers
+        or name in module._modules
+        or hasattr(type(module), name)
+    )
+
+
+def _holds_tensor(value: Any) -> bool:
+    """Whether a tensor sits among the tuples, lists and dicts of ``value`` (other containers: see pytree)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(map(_holds_tensor, value))
+    if isinstance(value, dict):
+        return any(map(_holds_tensor, value.values()))
+    return False
 
 
 def _failed(node: torch.fx.Node, error: Exception) -> StageError:
@@ -359,7 +408,7 @@ def _frozen_name(module: torch.fx.GraphModule) -> str:
     start = getattr(module, "_frozen_param_count", 0)
     for index in itertools.count(start):
         name = f"{FROZEN_PREFIX}{index}"
-        if not hasattr(module, name):
+        if not _has_attribute(module, name):
             module._frozen_param_count = index + 1
             return name
     raise AssertionError("unreachable")
