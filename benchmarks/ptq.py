@@ -8,7 +8,10 @@ the built-in stages only (installed third-party plugins do not count), with
 checks strict, and with the audit trail in memory and off. Memory is the
 peak resident set during convert (the kernel's high-water mark, reset just
 before) minus the resident set before it, as a multiple of the model's
-parameter bytes.
+parameter bytes, measured for each side alone in a fresh process (prepare,
+calibrate, convert once): measured after the other side in the same process,
+a convert reuses the heap the other side freed and its growth reads anywhere
+from a tenth to all of what it really adds.
 
     python benchmarks/ptq.py                 # the full table (several minutes)
     python benchmarks/ptq.py --quick         # small sizes only
@@ -255,19 +258,44 @@ def our_side(graph_module: torch.fx.GraphModule, inputs: tuple[Any, ...], audit:
 
 
 def best_of(runs: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The fastest prepare and convert of the rounds; memory as the first round measured it."""
+    """The fastest prepare and convert of the rounds."""
     return {
         "prepare": min(run["prepare"] for run in runs),
         "convert": min(run["convert"] for run in runs),
-        "convert_memory": runs[0]["convert_memory"],
     }
+
+
+SIDES = ("torchao", "ours")
+
+
+def exported_model(
+    build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]],
+) -> tuple[torch.fx.GraphModule, tuple[Any, ...]]:
+    torch.manual_seed(0)
+    model, inputs = build()
+    return torch.export.export(model, inputs).module(), inputs
+
+
+def convert_growth(side: str, build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]]) -> int:
+    """One side's convert memory growth (bytes), measured once, alone, in this process."""
+    exported, inputs = exported_model(build)
+    if side == "torchao":
+        return int(torchao_side(exported, inputs)["convert_memory"])
+    return int(our_side(exported, inputs, audit=True)["convert_memory"])
+
+
+def growth_in_own_process(label: str, side: str) -> int:
+    """:func:`convert_growth` in a fresh process: no earlier run's freed heap can absorb the growth."""
+    command = [sys.executable, __file__, "--model", label, "--recipe", _recipe, "--memory-of", side]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    if finished.returncode != 0:
+        sys.exit(f"{label} ({side} memory) failed:\n{finished.stderr}")
+    return int(finished.stdout.split()[-1])
 
 
 def rows(label: str, build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]], rounds: int) -> list[str]:
     """One model, both sides, in this process: its table row and its per-phase line."""
-    torch.manual_seed(0)
-    model, inputs = build()
-    exported = torch.export.export(model, inputs).module()
+    exported, inputs = exported_model(build)
     parameter_bytes = sum(p.numel() * p.element_size() for p in exported.parameters())
     nodes = len(exported.graph.nodes)
     runs: dict[str, list[dict[str, float]]] = {"torchao": [], "ours": [], "bare": []}
@@ -278,6 +306,7 @@ def rows(label: str, build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]
         if round_number == 0 and runs["torchao"][0]["prepare"] + runs["torchao"][0]["convert"] > 5:
             break
     reference, ours, bare = (best_of(runs[side]) for side in ("torchao", "ours", "bare"))
+    growth = {side: growth_in_own_process(label, side) for side in SIDES}
     theirs_total = reference["prepare"] + reference["convert"]
     ours_total = ours["prepare"] + ours["convert"]
     bare_total = bare["prepare"] + bare["convert"]
@@ -289,8 +318,8 @@ def rows(label: str, build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...]]
     return [
         f"{label:<28}{nodes:>7}{theirs_total:>11.2f}{ours_total:>9.2f}{ours_total / theirs_total:>7.2f}"
         f"{bare_total:>17.2f}{bare_total / theirs_total:>7.2f}"
-        f"{reference['convert_memory'] / parameter_bytes:>12.2f}x"
-        f"{ours['convert_memory'] / parameter_bytes:>9.2f}x",
+        f"{growth['torchao'] / parameter_bytes:>12.2f}x"
+        f"{growth['ours'] / parameter_bytes:>9.2f}x",
         f"{'':<28}{'':>7}  {phases}  (torchao/ours, ratio)",
     ]
 
@@ -309,14 +338,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--model", help="one model by its exact label, in this process (the table runs each in its own)"
     )
+    parser.add_argument(
+        "--memory-of",
+        choices=SIDES,
+        help="with --model: print one side's convert memory growth in bytes, measured alone in this process",
+    )
     args = parser.parse_args(argv)
     global _recipe
     _recipe = args.recipe
     quantizer()
     known = dict(models(quick=False))
+    if args.model is not None and args.model not in known:
+        parser.error(f"no model labelled {args.model!r}; the models: {', '.join(known)}")
+    if args.memory_of is not None:
+        if args.model is None:
+            parser.error("--memory-of needs --model")
+        print(convert_growth(args.memory_of, known[args.model]), flush=True)
+        return
     if args.model is not None:
-        if args.model not in known:
-            parser.error(f"no model labelled {args.model!r}; the models: {', '.join(known)}")
         print("\n".join(rows(args.model, known[args.model], args.rounds)), flush=True)
         return
     header = (
@@ -325,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"prepare + convert, {args.recipe} recipe, best of {args.rounds} interleaved rounds (one when "
-        f"torchao takes over 5 s); memory = convert peak RSS growth / parameter bytes, first round"
+        f"torchao takes over 5 s); memory = convert peak RSS growth / parameter bytes, each side "
+        f"alone in a fresh process"
     )
     print(header, flush=True)
     for label, _ in models(args.quick):
