@@ -44,9 +44,7 @@ class IdentitySignature:
     @classmethod
     def of(cls, graph_module: torch.fx.GraphModule | None) -> IdentitySignature:
         """The signature of ``graph_module`` now (an empty one for ``None``)."""
-        if graph_module is None:
-            return cls([])
-        return cls([node for _, module in graph_modules(graph_module) for node in module.graph.nodes])
+        return cls(_nodes_of(graph_module))
 
     def holds_for(self, graph_module: torch.fx.GraphModule | None) -> bool:
         """Whether ``graph_module`` still has this signature (``IdentitySignature.of(graph_module) == self``).
@@ -54,11 +52,7 @@ class IdentitySignature:
         Compares each node's live ``meta`` with the copy kept here, so no copy
         of every node's metadata is made to be compared and dropped.
         """
-        nodes = (
-            []
-            if graph_module is None
-            else [node for _, module in graph_modules(graph_module) for node in module.graph.nodes]
-        )
+        nodes = _nodes_of(graph_module)
         try:
             return bool(
                 nodes == self._nodes
@@ -82,3 +76,9 @@ class IdentitySignature:
 
     def __repr__(self) -> str:
         return f"<IdentitySignature of {len(self._nodes)} nodes>"
+
+
+def _nodes_of(graph_module: torch.fx.GraphModule | None) -> list[torch.fx.Node]:
+    if graph_module is None:
+        return []
+    return [node for _, module in graph_modules(graph_module) for node in module.graph.nodes]
