@@ -22,6 +22,7 @@ import torch
 import torch.fx
 
 from pipeline.condition import Violation
+from pipeline.module_tree import attribute
 
 LEGAL_OPS = frozenset(
     {"placeholder", "call_method", "call_module", "call_function", "get_attr", "output", "root"}
@@ -93,7 +94,7 @@ class _Resolver:
             path = f"{parent}.{atom}" if parent else atom
             value = self._found.get(path, _MISSING)
             if value is _MISSING:
-                value = _attribute(self._found[parent], atom)
+                value = attribute(self._found[parent], atom, None)
                 if value is None:
                     where = f"of {parent!r}" if parent else "of the graph module"
                     return f"has the target {target!r}, but there is no attribute {atom!r} {where}"
@@ -102,16 +103,3 @@ class _Resolver:
                 return f"calls {target!r}, but {path!r} is not a module"
             parent = path
         return None
-
-
-def _attribute(owner: Any, name: str) -> Any:
-    """``getattr(owner, name, None)``, reading a module's tables first (its ``__getattr__`` is slow).
-
-    A module cannot register a parameter, buffer or submodule under a name its
-    class already uses, so the tables answer as ``getattr`` would.
-    """
-    if isinstance(owner, torch.nn.Module):
-        for table in (owner._parameters, owner._buffers, owner._modules):
-            if name in table:
-                return table[name]
-    return getattr(owner, name, None)

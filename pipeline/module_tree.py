@@ -1,6 +1,8 @@
-"""The graph modules of a model: the top graph and the graphs nested in it (loop bodies, branches)."""
+"""Walking a model: the graph modules in it (the top graph, loop bodies, branches) and its attributes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.fx
@@ -34,3 +36,21 @@ def graph_modules(root: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphM
                 if child is not None and (child._modules or isinstance(child, torch.fx.GraphModule))
             )
     return found
+
+
+_NO_DEFAULT: Any = object()
+
+
+def attribute(owner: Any, name: str, default: Any = _NO_DEFAULT) -> Any:
+    """``getattr(owner, name[, default])``, reading a module's tables first (its ``__getattr__`` is slow).
+
+    A module cannot register a parameter, buffer or submodule under a name its
+    class already uses, so the tables answer as ``getattr`` would.
+    """
+    if isinstance(owner, torch.nn.Module):
+        for table in (owner._parameters, owner._buffers, owner._modules):
+            if name in table:
+                return table[name]
+    if default is _NO_DEFAULT:
+        return getattr(owner, name)
+    return getattr(owner, name, default)

@@ -29,6 +29,7 @@ corresponds to leaving the stage out of the run (the façade skips it).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import operator
 from collections.abc import Iterable, Iterator
@@ -41,6 +42,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
 
 from pipeline import Context, Stage, StageError, Violation, condition
+from pipeline.module_tree import attribute
 from plugins import chunked, dead_code, ops
 from plugins.subgraphs import quantizable_graph_modules
 
@@ -222,7 +224,7 @@ class ConstantCones:
 
     def _attribute(self, node: torch.fx.Node) -> Any:
         try:
-            return _resolve(self.module, str(node.target))
+            return functools.reduce(attribute, str(node.target).split("."), self.module)
         except Exception as error:
             raise _failed(node, error) from error
 
@@ -247,28 +249,6 @@ class ConstantCones:
             if isinstance(source, torch.fx.Node) and source.op == "get_attr":
                 return True
         return any(isinstance(arg, torch.fx.Node) and arg in self._mutable for arg in node.args)
-
-
-def _resolve(module: torch.nn.Module, dotted: str) -> Any:
-    """``operator.attrgetter(dotted)(module)``, reading modules' tables first (their ``__getattr__`` is slow).
-
-    A module cannot register a parameter, buffer or submodule under a name its
-    class already uses, so the tables answer as ``getattr`` would.
-    """
-    owner: Any = module
-    for atom in dotted.split("."):
-        if isinstance(owner, torch.nn.Module):
-            if atom in owner._parameters:
-                owner = owner._parameters[atom]
-                continue
-            if atom in owner._buffers:
-                owner = owner._buffers[atom]
-                continue
-            if atom in owner._modules:
-                owner = owner._modules[atom]
-                continue
-        owner = getattr(owner, atom)
-    return owner
 
 
 def _has_attribute(module: torch.nn.Module, name: str) -> bool:
@@ -446,9 +426,9 @@ def _move_next_to_consumers(graph: torch.fx.Graph, buffers: Iterable[torch.fx.No
                 min(user.users, key=position.__getitem__).prepend(user)
                 attributes.update(dict.fromkeys(inputs))
     position = {node: index for index, node in enumerate(graph.nodes)}
-    for attribute in attributes:
-        if attribute.users:
-            min(attribute.users, key=position.__getitem__).prepend(attribute)
+    for reader in attributes:
+        if reader.users:
+            min(reader.users, key=position.__getitem__).prepend(reader)
 
 
 def unreferenced_tensors(module: torch.fx.GraphModule, referenced: set[str] | None = None) -> list[str]:
