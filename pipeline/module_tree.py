@@ -39,18 +39,37 @@ def graph_modules(root: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphM
 
 
 _NO_DEFAULT: Any = object()
+_ABSENT: Any = object()
 
 
 def attribute(owner: Any, name: str, default: Any = _NO_DEFAULT) -> Any:
     """``getattr(owner, name[, default])``, reading a module's tables first (its ``__getattr__`` is slow).
 
     A module cannot register a parameter, buffer or submodule under a name its
-    class already uses, so the tables answer as ``getattr`` would.
+    class already uses, so the tables answer as ``getattr`` would; a name in
+    none of them, nor in the instance or its class, is missing without a trip
+    through ``Module.__getattr__`` (which raises to say so) unless the class
+    has a ``__getattr__`` of its own.
     """
     if isinstance(owner, torch.nn.Module):
         for table in (owner._parameters, owner._buffers, owner._modules):
             if name in table:
                 return table[name]
+        kind = type(owner)
+        if (
+            kind.__getattr__ is torch.nn.Module.__getattr__
+            and name not in vars(owner)
+            and not hasattr(kind, name)
+        ):
+            if default is _NO_DEFAULT:
+                raise AttributeError(f"{kind.__name__!r} object has no attribute {name!r}")
+            return default
     if default is _NO_DEFAULT:
         return getattr(owner, name)
     return getattr(owner, name, default)
+
+
+def has_attribute(owner: Any, name: str) -> bool:
+    """``hasattr(owner, name)``, the way :func:`attribute` reads."""
+    return attribute(owner, name, _ABSENT) is not _ABSENT
+

@@ -50,8 +50,10 @@ class StageRun:
         """Whether the graph's structure or watched metadata differ after the stage."""
         if self.before is None or self.after is None:
             return True
-        if self.before is self.after or self.changed_graphs:
-            return self.before is not self.after
+        if self.before is self.after:
+            return False
+        if self.changed_graphs:
+            return True
         return not self.before.same_as(self.after)
 
     def failure(self, message: str) -> StageFailedError:

@@ -42,7 +42,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
 
 from pipeline import Context, Stage, StageError, Violation, condition
-from pipeline.module_tree import attribute
+from pipeline.module_tree import attribute, has_attribute
 from plugins import chunked, dead_code, ops
 from plugins.subgraphs import quantizable_graph_modules
 
@@ -251,17 +251,6 @@ class ConstantCones:
         return any(isinstance(arg, torch.fx.Node) and arg in self._mutable for arg in node.args)
 
 
-def _has_attribute(module: torch.nn.Module, name: str) -> bool:
-    """``hasattr(module, name)`` without a module ``__getattr__`` that raises for every free name."""
-    return (
-        name in vars(module)
-        or name in module._parameters
-        or name in module._buffers
-        or name in module._modules
-        or hasattr(type(module), name)
-    )
-
-
 def _holds_tensor(value: Any) -> bool:
     """Whether a tensor sits among the tuples, lists and dicts of ``value`` (other containers: see pytree)."""
     if isinstance(value, torch.Tensor):
@@ -388,7 +377,7 @@ def _frozen_name(module: torch.fx.GraphModule) -> str:
     start = getattr(module, "_frozen_param_count", 0)
     for index in itertools.count(start):
         name = f"{FROZEN_PREFIX}{index}"
-        if not _has_attribute(module, name):
+        if not has_attribute(module, name):
             module._frozen_param_count = index + 1
             return name
     raise AssertionError("unreachable")
