@@ -72,4 +72,3 @@ def attribute(owner: Any, name: str, default: Any = _NO_DEFAULT) -> Any:
 def has_attribute(owner: Any, name: str) -> bool:
     """``hasattr(owner, name)``, the way :func:`attribute` reads."""
     return attribute(owner, name, _ABSENT) is not _ABSENT
-
