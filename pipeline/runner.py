@@ -191,6 +191,8 @@ class Runner:
         """The stage's result, signed in the same walk: the point the next readers are held to."""
         snapshot = GraphSnapshot.take(graph_module, self._meta_fields, signed=True)
         assert snapshot.signature is not None
+        if self._last is not None:
+            snapshot.follows(self._last[1])
         self._last = (graph_module, snapshot)
         self._proof.signed(graph_module, snapshot.signature)
         return snapshot

@@ -77,6 +77,8 @@ class GraphSnapshot:
         self.graph_objects = graph_objects or {}
         self.signature = signature
         self._structure_of: GraphSnapshot | None = None
+        self._earlier: GraphSnapshot | None = None
+        self._lines: dict[str, dict[torch.fx.Node, str]] | None = None
 
     @classmethod
     def take(
@@ -136,16 +138,37 @@ class GraphSnapshot:
         """A hash of the graphs' structure (names, ops, targets, wiring), stable across processes."""
         if self._structure_of is not None:
             return self._structure_of.fingerprint
+        earlier, self._earlier = self._earlier, None
+        reusable = earlier._structural_lines() if earlier is not None else None
         digest = hashlib.blake2b(digest_size=16)
+        lines: dict[str, dict[torch.fx.Node, str]] = {}
         for path, records in self.graphs.items():
+            lines[path] = _lines(records, reusable.get(path) if reusable is not None else None)
             digest.update(f"graph {path}\n".encode())
-            digest.update(
-                "".join(
-                    f"{record.name}\t{record.op}\t{record.target}\t{record.args!r}\t{record.kwargs!r}\n"
-                    for record in records.values()
-                ).encode()
-            )
+            digest.update("".join(lines[path].values()).encode())
+        self._lines = lines
         return digest.hexdigest()
+
+    def follows(self, earlier: GraphSnapshot) -> None:
+        """Take ``earlier`` as this graph's previous state: its fingerprint lines serve unchanged nodes.
+
+        A stage rewrites a few nodes of a graph; the fingerprint of the result
+        formats only those. An earlier snapshot gives its lines up once used, so
+        a run keeps at most the latest snapshot's.
+        """
+        self._earlier = earlier
+
+    def _structural_lines(
+        self,
+    ) -> dict[str, tuple[dict[torch.fx.Node, NodeRecord], dict[torch.fx.Node, str]]]:
+        """Each graph's records and fingerprint lines, if the fingerprint was taken; given up once read."""
+        owner: GraphSnapshot = self
+        while owner._structure_of is not None:
+            owner = owner._structure_of
+        lines, owner._lines = owner._lines, None
+        if lines is None:
+            return {}
+        return {path: (owner.graphs[path], lines[path]) for path in lines}
 
     def has_structure_of(self, earlier: GraphSnapshot) -> None:
         """Record that :meth:`changed_graphs` found no change since ``earlier``: same fingerprint."""
@@ -206,6 +229,36 @@ def _column(metas: list[dict[str, Any]], key: str, snap: Callable[[Any], Hashabl
     """
     column = [meta.get(key) for meta in metas]
     return [value if value is None or type(value) is str else snap(value) for value in column]
+
+
+def _line(record: NodeRecord) -> str:
+    return f"{record.name}\t{record.op}\t{record.target}\t{record.args!r}\t{record.kwargs!r}\n"
+
+
+def _lines(
+    records: dict[torch.fx.Node, NodeRecord],
+    earlier: tuple[dict[torch.fx.Node, NodeRecord], dict[torch.fx.Node, str]] | None,
+) -> dict[torch.fx.Node, str]:
+    """Each node's fingerprint line, taken from ``earlier`` where the node's own fields are the same objects.
+
+    A line spells its inputs by name, so a renamed node anywhere in the graph
+    makes every line be written afresh.
+    """
+    if earlier is None:
+        return {node: _line(record) for node, record in records.items()}
+    old_records, old_lines = earlier
+    lines: dict[torch.fx.Node, str] = {}
+    for node, record in records.items():
+        old = old_records.get(node)
+        if old is None:
+            lines[node] = _line(record)
+        elif old.name != record.name:
+            return {node: _line(record) for node, record in records.items()}
+        elif old.args is record.args and old.kwargs is record.kwargs and old[1:3] == record[1:3]:
+            lines[node] = old_lines[node]
+        else:
+            lines[node] = _line(record)
+    return lines
 
 
 def same_arguments(old: Any, new: Any) -> bool:
