@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.fx
+from torch.fx.graph import _illegal_names, _name_regex
 from torch.fx.graph_module import _WrappedCall
 from torch.fx.node import map_arg
 
@@ -35,6 +36,8 @@ from pipeline.relink import relink
 GM = TypeVar("GM", bound=torch.fx.GraphModule)
 
 _OWN_TABLES = ("_parameters", "_buffers", "_modules")
+_COPIED_BY_METHOD = frozenset({OrderedDict, dict, set, list})
+"""Exact types whose ``copy()`` is a shallow copy of the same type, much faster than ``copy.copy``."""
 _OWN_COLLECTIONS = (
     "_non_persistent_buffers_set",
     "_forward_hooks",
@@ -82,19 +85,22 @@ def _copy_module(
     else:
         duplicate = type(module).__new__(type(module))
     copies[id(module)] = duplicate
-    state = dict(module.__dict__)
+    state = module.__dict__.copy()
     for name in _OWN_TABLES:
         state[name] = dict(state[name])
     for name in _OWN_COLLECTIONS:
-        if name in state:
-            state[name] = _own(state[name])
+        collection = state.get(name)
+        if collection is not None:
+            kind = type(collection)
+            state[name] = collection.copy() if kind in _COPIED_BY_METHOD else copy.copy(collection)
     state["_modules"] = {
         name: None if child is None else _copy_module(child, copies, node_keys)
         for name, child in state["_modules"].items()
     }
-    for name, value in state.items():
-        if isinstance(value, types.MethodType) and value.__self__ is module:
-            state[name] = types.MethodType(value.__func__, duplicate)
+    for name in [
+        name for name, value in state.items() if type(value) is types.MethodType and value.__self__ is module
+    ]:
+        state[name] = types.MethodType(state[name].__func__, duplicate)
     duplicate.__dict__.update(state)
     if isinstance(module, torch.fx.GraphModule) and isinstance(duplicate, torch.fx.GraphModule):
         graph = _copy_graph(module.graph, node_keys)
@@ -103,14 +109,6 @@ def _copy_module(
         graph.owning_module = duplicate
         _share_compiled_code(module, duplicate)
     return duplicate
-
-
-def _own(collection: Any) -> Any:
-    """A shallow copy; the usual kinds directly (``copy.copy`` of an ``OrderedDict`` is slow)."""
-    kind = type(collection)
-    if kind is OrderedDict or kind is dict or kind is set:
-        return kind(collection)
-    return copy.copy(collection)
 
 
 def _share_compiled_code(original: torch.fx.GraphModule, duplicate: torch.fx.GraphModule) -> None:
@@ -132,7 +130,9 @@ def _copy_graph(graph: torch.fx.Graph, node_keys: tuple[str, ...]) -> torch.fx.G
     graph's hooks; a copy of an existing valid graph needs neither, and on a
     small graph those checks were most of the cost of a run's copy. Names go
     through the new graph's namespace exactly as ``graph_copy`` sends them, so
-    the copy names later nodes as a ``deepcopy`` of the graph would.
+    the copy names later nodes as a ``deepcopy`` of the graph would; a name the
+    namespace keeps as it is is entered as its ``create_name`` would enter it,
+    without parsing it again.
     """
     duplicate = torch.fx.Graph(tracer_cls=graph._tracer_cls, tracer_extras=graph._tracer_extras)
     namespace = duplicate._graph_namespace
@@ -141,8 +141,16 @@ def _copy_graph(graph: torch.fx.Graph, node_keys: tuple[str, ...]) -> torch.fx.G
     copies: dict[torch.fx.Node, torch.fx.Node] = {}
     lookup = copies.__getitem__
     new_node = torch.fx.Node
+    used, counts = namespace._used_names, namespace._base_count
     for old in graph.nodes:
-        name = namespace.create_name(old.name, None)
+        name = old.name
+        parsed = _parsed_name(name)
+        if parsed is None or name in used or name in _illegal_names:
+            name = namespace.create_name(name, None)
+        else:
+            used.add(name)
+            base, number = parsed
+            counts[base] = counts.get(base, 0) if number is None else number
         new = new_node(
             duplicate,
             name,
@@ -162,12 +170,34 @@ def _copy_graph(graph: torch.fx.Graph, node_keys: tuple[str, ...]) -> torch.fx.G
             new.users = dict.fromkeys(copies[user] for user in old.users)
     duplicate._codegen = graph._codegen
     by_name = {node.name: node for node in copies.values()}
+    relinked: dict[int, tuple[Any, Any]] = {}
     for old, new in copies.items():
         meta = new.meta
         meta.update(old.meta)
         for key, item in meta.items():
             if key in node_keys:
-                meta[key] = relink(item, copies, by_name)
+                meta[key] = relink(item, copies, by_name, relinked)
             elif type(item) is dict or type(item) is list:
                 meta[key] = item.copy()
     return duplicate
+
+
+_PARSED_NAMES: dict[str, tuple[str, int | None] | None] = {}
+_MAX_PARSED_NAMES = 1 << 16
+
+
+def _parsed_name(name: str) -> tuple[str, int | None] | None:
+    """``name``'s base and numeric suffix as FX's namespace splits them; ``None`` if it would rewrite it."""
+    try:
+        return _PARSED_NAMES[name]
+    except KeyError:
+        pass
+    match = _name_regex.match(name)
+    parsed = None
+    if match is not None:
+        base, number = match.group(1, 2)
+        parsed = (base, None if number is None else int(number))
+    if len(_PARSED_NAMES) >= _MAX_PARSED_NAMES:
+        _PARSED_NAMES.clear()
+    _PARSED_NAMES[name] = parsed
+    return parsed

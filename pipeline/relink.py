@@ -26,16 +26,42 @@ def relink(
     value: Any,
     copies: Mapping[torch.fx.Node, torch.fx.Node],
     by_name: Mapping[str, torch.fx.Node],
+    relinked: dict[int, tuple[Any, Any]] | None = None,
 ) -> Any:
-    """``value`` with every node it references replaced by its copy (or its namesake in the copy)."""
-    if type(value) in _LEAVES:
+    """``value`` with every node it references replaced by its copy (or its namesake in the copy).
+
+    ``relinked`` remembers, across the calls of one copy, what each container
+    or object became: annotations share their specs, and an object reached
+    twice becomes one object in the copy, as it was one in the original.
+    """
+    kind = type(value)
+    if kind in _LEAVES:
         return value
-    if isinstance(value, torch.fx.Node):
+    if kind is torch.fx.Node or isinstance(value, torch.fx.Node):
         if value in copies:
             return copies[value]
         return by_name.get(value.name, value)
+    if relinked is None:
+        relinked = {}
+    known = relinked.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    result = _relinked(value, copies, by_name, relinked)
+    relinked[id(value)] = (value, result)
+    return result
+
+
+def _relinked(
+    value: Any,
+    copies: Mapping[torch.fx.Node, torch.fx.Node],
+    by_name: Mapping[str, torch.fx.Node],
+    relinked: dict[int, tuple[Any, Any]],
+) -> Any:
     if isinstance(value, dict):
-        items = [(relink(k, copies, by_name), relink(v, copies, by_name)) for k, v in value.items()]
+        items = [
+            (relink(k, copies, by_name, relinked), relink(v, copies, by_name, relinked))
+            for k, v in value.items()
+        ]
         unchanged = all(
             new_key is old_key and new is old
             for (new_key, new), (old_key, old) in zip(items, value.items(), strict=True)
@@ -47,7 +73,7 @@ def relink(
         rebuilt.update(items)
         return rebuilt
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        items = [relink(item, copies, by_name) for item in value]
+        items = [relink(item, copies, by_name, relinked) for item in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
         return type(value)(items)
@@ -57,7 +83,7 @@ def relink(
     changed = {}
     for name in fields:
         old = getattr(value, name)
-        new = relink(old, copies, by_name)
+        new = relink(old, copies, by_name, relinked)
         if new is not old:
             changed[name] = new
     if not changed:
@@ -68,7 +94,7 @@ def relink(
     return rebuilt
 
 
-_LEAVES = frozenset({str, int, float, bool, type(None)})
+_LEAVES = frozenset({str, int, float, bool, type(None), torch.dtype, torch.qscheme, torch.device})
 
 
 _FIELDS_OF: dict[type, tuple[str, ...]] = {}

@@ -504,6 +504,29 @@ def test_the_private_copy_shares_tensors_and_owns_its_graph():
     assert copy.deepcopy(duplicate)(*inputs).shape == (2, 8)
 
 
+def test_the_private_copy_names_new_nodes_as_a_deepcopy_would():
+    from pipeline.copying import private_copy
+
+    model, inputs = small_net()
+    graph_module = exported(model, inputs)
+    graph = graph_module.graph
+    last = next(node for node in reversed(graph.nodes) if node.op == "call_function")
+    with graph.inserting_after(last):
+        graph.create_node("call_function", torch.ops.aten.relu.default, (last,), name="relu_7")
+    with graph.inserting_after(last):
+        graph.create_node("call_function", torch.ops.aten.relu.default, (last,), name="input")
+    duplicate, reference = private_copy(graph_module).graph, copy.deepcopy(graph_module).graph
+    assert [node.name for node in duplicate.nodes] == [node.name for node in reference.nodes]
+    assert duplicate._graph_namespace._used_names == reference._graph_namespace._used_names
+    assert duplicate._graph_namespace._base_count == reference._graph_namespace._base_count
+    for candidate in ("relu", "relu_7", "linear", "input", "x"):
+        made = [
+            g.create_node("call_function", torch.ops.aten.relu.default, (), name=candidate).name
+            for g in (duplicate, reference)
+        ]
+        assert made[0] == made[1], candidate
+
+
 class Recorder(Instrumentation):
     """Records its callbacks into a shared list, under its own label."""
 
