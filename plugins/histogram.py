@@ -184,7 +184,7 @@ class _ErrorModel:
     - what depends on the observer only is computed once: the source bin
       edges for every start bin (the edges for one start bin are a slice of
       them, each element the same op on the same values) and the density;
-    - the begin and end edges are one tensor of two rows, so each floor
+    - the begin and end edges are one array of two rows, so each floor
       division and clamp is one op over both (element-wise, the same values);
     - what is the same for every bin is computed once on Python floats: the
       cube of half a destination bin and the middle term's factor. torchao
@@ -195,8 +195,8 @@ class _ErrorModel:
     - the element-wise ``+``, ``-``, ``*`` and ``/`` run in NumPy on views of
       the same memory: IEEE float32 arithmetic is correctly rounded in both
       libraries, and NumPy's call costs a third of a tensor op's. The floor
-      divisions and clamps, where the libraries' algorithms could differ, stay
-      tensor ops;
+      divisions are exact floors of the quotients, taken in double precision
+      (see :meth:`_destination_bins` for why that is torch's result);
     - the running sum starts from the first term, not from zeros plus it,
       which can only turn a -0.0 into +0.0, and the error is only compared.
     """
@@ -207,7 +207,7 @@ class _ErrorModel:
         self.dst_nbins = observer.dst_nbins
         self.bin_width = (observer.max_val.item() - observer.min_val.item()) / bins
         begins = torch.arange(-(bins - 1), bins) * self.bin_width
-        self.edges = torch.stack((begins, begins + self.bin_width))
+        self.edges = torch.stack((begins, begins + self.bin_width)).numpy()
         self.density = (observer.histogram / self.bin_width).numpy()
 
     @staticmethod
@@ -225,16 +225,13 @@ class _ErrorModel:
         if dst_bin_width == 0.0:
             return 0.0
         offset = self.bins - 1 - start_bin
-        edges = self.edges[:, offset : offset + self.bins]
-        dst_of_begin, dst_of_end = (
-            torch.div(edges, dst_bin_width, rounding_mode="floor").clamp_(0, self.dst_nbins - 1).numpy()
-        )
-        begin, end = edges.numpy()
         width = numpy.float32(_float32(dst_bin_width))
+        begin, end = self.edges[:, offset : offset + self.bins]
         half = _float32(dst_bin_width / 2)
         minus_half = _float32(-dst_bin_width / 2)
         whole_bin = _float32(_float32(_cube(half) - _cube(minus_half)) / 3)
         with numpy.errstate(all="ignore"):
+            dst_of_begin, dst_of_end = self._destination_bins(offset, float(width))
             delta_begin = begin - (dst_of_begin + _ONE_HALF) * width
             norm = self.density * (
                 (numpy.float32(_cube(half)) - delta_begin * delta_begin * delta_begin) / _THREE
@@ -246,7 +243,30 @@ class _ErrorModel:
             )
         return float(torch.from_numpy(norm).sum().item())
 
+    def _destination_bins(self, offset: int, width: float) -> numpy.ndarray:
+        """``torch.div(edges, width, rounding_mode="floor").clamp(0, dst_nbins - 1)`` of the float32 edges.
 
+        torch's floor division of float32 values returns the floor of their
+        exact quotient while that is below 2^22 in magnitude (its two roundings
+        stay under the half it corrects for), and so does ``floor`` of their
+        quotient in double precision: a quotient that is not an integer lies
+        further from one, relative to its size, than a double's rounding
+        reaches. Beyond 2^22 torch may be off by a little, but with at most
+        2^16 destination bins such a quotient is clamped to the same end
+        either way; more destination bins keep torch's own op.
+        """
+        edges = self.edges[:, offset : offset + self.bins]
+        if self.dst_nbins > _EXACT_DESTINATIONS:
+            floor = torch.div(torch.from_numpy(edges), width, rounding_mode="floor")
+            return floor.clamp_(0, self.dst_nbins - 1).numpy()
+        quotient = numpy.divide(edges, width, dtype=numpy.float64)
+        numpy.floor(quotient, out=quotient)
+        numpy.minimum(quotient, self.dst_nbins - 1, out=quotient)
+        numpy.maximum(quotient, 0.0, out=quotient)
+        return quotient.astype(numpy.float32)
+
+
+_EXACT_DESTINATIONS = 2**16
 _ONE = numpy.float32(1)
 _ONE_HALF = numpy.float32(0.5)
 _THREE = numpy.float32(3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -208,3 +209,40 @@ def test_a_histogram_the_end_bin_never_leaves_is_searched_in_few_steps(monkeypat
     monkeypatch.setattr(histogram, "_moves_end_bin", counting)
     _assert_same_qparams(observer)
     assert 0 < calls < 200
+
+
+def _torch_destination_bins(model: histogram._ErrorModel, offset: int, width: float) -> torch.Tensor:
+    edges = torch.from_numpy(model.edges[:, offset : offset + model.bins])
+    return torch.div(edges, width, rounding_mode="floor").clamp_(0, model.dst_nbins - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bins=st.integers(2, 2048),
+    low=st.floats(-1e30, 1e30).map(lambda value: float(torch.tensor(value))),
+    width_exponent=st.integers(-6, 6),
+    destinations=st.sampled_from([2, 256, 2**16, 2**16 + 1, 2**32]),
+    data=st.data(),
+)
+def test_destination_bins_are_torchs_floor_divisions(bins, low, width_exponent, destinations, data):
+    """Double-precision floors against torch's floor division, near-integer quotients included."""
+    span = max(abs(low), 1e-38) * 10.0**width_exponent
+    high = float(torch.tensor(low + span, dtype=torch.float32))
+    assume(math.isfinite(high) and high > low)
+    model = histogram._ErrorModel(_observer([1.0] * bins, low, high, torch.quint8))
+    model.dst_nbins = destinations
+    offset = data.draw(st.integers(0, bins - 1))
+    edge = float(model.edges[0, data.draw(st.integers(0, 2 * bins - 2))])
+    widths = [
+        model.bin_width * data.draw(st.integers(1, bins)) / destinations,
+        edge / data.draw(st.integers(1, 2**20)) if edge else model.bin_width,
+        float(numpy.nextafter(numpy.float32(abs(edge) / 3 or 1e-30), numpy.float32(0))),
+    ]
+    for width in widths:
+        width = float(numpy.float32(width))
+        if width == 0.0:
+            continue
+        with numpy.errstate(all="ignore"):
+            mine = model._destination_bins(offset, width)
+        theirs = _torch_destination_bins(model, offset, width).numpy()
+        assert numpy.array_equal(mine, theirs), (width, offset)
