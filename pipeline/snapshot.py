@@ -227,8 +227,9 @@ def _column(metas: list[dict[str, Any]], key: str, snap: Callable[[Any], Hashabl
     A column at a time: the common case (absent, or a string, its own snapshot)
     costs one comprehension step per node rather than a loop turn per node and key.
     """
-    column = [meta.get(key) for meta in metas]
-    return [value if value is None or type(value) is str else snap(value) for value in column]
+    return [
+        value if (value := meta.get(key)) is None or type(value) is str else snap(value) for meta in metas
+    ]
 
 
 def _line(record: NodeRecord) -> str:
