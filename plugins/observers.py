@@ -34,6 +34,8 @@ from torchao.quantization.pt2e.quantizer import (
     QuantizationSpecBase,
 )
 
+from plugins.observer_copies import ObserverMaker
+
 ObserverModule = torch.nn.Module
 
 
@@ -63,8 +65,13 @@ def build(
     built: Mapping[Any, ObserverModule | None],
     *,
     is_qat: bool,
+    maker: ObserverMaker | None = None,
 ) -> ObserverModule | None:
-    """A new observer for ``spec``; ``built`` holds the observers of other edges and outputs."""
+    """A new observer for ``spec``; ``built`` holds the observers of other edges and outputs.
+
+    ``maker`` makes the observers of plain specs (copying those it may, see
+    :mod:`plugins.observer_copies`); without one each is constructed.
+    """
     if spec is None:
         return None
     if isinstance(spec, DerivedQuantizationSpec):
@@ -88,6 +95,8 @@ def build(
     arguments = _spec_arguments(spec)
     if "PerChannel" not in _constructor_class(constructor).__name__:
         arguments.pop("ch_axis")
+    if maker is not None:
+        return maker.make(constructor, arguments)
     return constructor.with_args(**arguments)()  # type: ignore[union-attr,no-any-return]
 
 

@@ -30,6 +30,7 @@ from pipeline import Context, Stage, StageError, Violation, condition
 from plugins import observers, sharing
 from plugins.annotation import annotation_of
 from plugins.node_insertion import insert_node
+from plugins.observer_copies import ObserverMaker
 from plugins.subgraphs import quantizable_graph_modules
 
 OBSERVER_PREFIX = "activation_post_process_"
@@ -101,6 +102,7 @@ def _observers_for(
 ) -> dict[sharing.EdgeOrNode, torch.nn.Module | None]:
     """One observer per group, built from the group's deciding spec; derived groups after their sources."""
     groups = sharing.group(specs)
+    maker = ObserverMaker()
     by_group: dict[int, torch.nn.Module | None] = {}
     instances: dict[sharing.EdgeOrNode, torch.nn.Module | None] = {}
     pending = list(groups.members)
@@ -120,7 +122,7 @@ def _observers_for(
                 waiting.append(number)
                 continue
             built = {key: by_group[groups.group_of[key]] for key in sources}
-            by_group[number] = observers.build(spec, built, is_qat=is_qat)
+            by_group[number] = observers.build(spec, built, is_qat=is_qat, maker=maker)
             for key in groups.members[number]:
                 instances[key] = by_group[number]
         if len(waiting) == len(pending):
