@@ -19,23 +19,16 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-import struct
 from collections.abc import Iterator
 
 import numpy
 import torch
 from torchao.quantization.pt2e.observer import HistogramObserver
 
+from plugins import per_tensor_qparams
+from plugins.per_tensor_qparams import float32 as _float32
+
 _STEP = 1e-5
-_FLOAT32 = struct.Struct("f")
-
-
-def _float32(value: float) -> float:
-    """``value`` rounded to the nearest float32, as a C cast does (beyond the range: infinity)."""
-    try:
-        return float(_FLOAT32.unpack(_FLOAT32.pack(value))[0])
-    except OverflowError:
-        return math.copysign(math.inf, value)
 
 
 def _cube(value: float) -> float:
@@ -58,13 +51,30 @@ def calculate_qparams(observer: HistogramObserver) -> tuple[torch.Tensor, torch.
         return observer.calculate_qparams()  # type: ignore[no-any-return]
     if observer.bins != len(observer.histogram) or not _ErrorModel.applies_to(observer):
         return observer.calculate_qparams()  # type: ignore[no-any-return]
-    new_min, new_max = _search(observer)
+    start_bin, end_bin = _search(observer)
+    low, high = _bounds(observer.min_val.item(), observer.max_val.item(), observer.bins, start_bin, end_bin)
+    found = per_tensor_qparams.qparams(observer, low, high)
+    if found is not None:
+        return found
+    bin_width = (observer.max_val - observer.min_val) / observer.bins
+    new_min = observer.min_val + bin_width * start_bin
+    new_max = observer.min_val + bin_width * (end_bin + 1)
     return observer._calculate_qparams(new_min, new_max)  # type: ignore[no-any-return]
 
 
-def _search(observer: HistogramObserver) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchao's search: shrink the range while the quantization error does not grow."""
-    bin_width = (observer.max_val - observer.min_val) / observer.bins
+def _bounds(low: float, high: float, bins: int, start_bin: int, end_bin: int) -> tuple[float, float]:
+    """torchao's float32 tensor arithmetic for the range the search kept, on Python floats.
+
+    ``min_val + (max_val - min_val) / bins * bin``, each operation a float32
+    one (see :mod:`plugins.per_tensor_qparams`).
+    """
+    bin_width = _float32(_float32(high - low) / bins)
+    new_low = _float32(low + _float32(bin_width * start_bin))
+    return new_low, _float32(low + _float32(bin_width * (end_bin + 1)))
+
+
+def _search(observer: HistogramObserver) -> tuple[int, int]:
+    """torchao's search: shrink the range while the quantization error does not grow; the bins it keeps."""
     errors = _ErrorModel(observer)
     start_bin, end_bin = 0, observer.bins - 1
     norm_min = float("inf")
@@ -74,7 +84,7 @@ def _search(observer: HistogramObserver) -> tuple[torch.Tensor, torch.Tensor]:
             break
         norm_min = norm
         start_bin, end_bin = next_start_bin, next_end_bin
-    return observer.min_val + bin_width * start_bin, observer.min_val + bin_width * (end_bin + 1)
+    return start_bin, end_bin
 
 
 def _candidates(observer: HistogramObserver) -> Iterator[tuple[int, int]]:
