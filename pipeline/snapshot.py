@@ -153,9 +153,11 @@ class GraphSnapshot:
         """Take ``earlier`` as this graph's previous state: its fingerprint lines serve unchanged nodes.
 
         A stage rewrites a few nodes of a graph; the fingerprint of the result
-        formats only those. An earlier snapshot gives its lines up once used, so
-        a run keeps at most the latest snapshot's.
+        formats only those. An earlier snapshot gives its lines up once used,
+        and its own link to the one before it now, so no chain of snapshots
+        outlives the stages that made them.
         """
+        earlier._earlier = None
         self._earlier = earlier
 
     def _structural_lines(

@@ -82,3 +82,12 @@ def test_a_snapshot_of_the_same_structure_lends_the_lines_of_the_one_it_matches(
     third = following(second, graph_module)
     assert third.fingerprint == alone(graph_module) != first.fingerprint
     assert first._lines is None
+
+
+def test_following_snapshots_keep_no_chain_behind_them():
+    graph_module = exported(*small_net())
+    first = GraphSnapshot.take(graph_module, [])
+    second = following(first, graph_module)
+    third = following(second, graph_module)
+    assert second._earlier is None and third._earlier is second
+    assert second.fingerprint == third.fingerprint == alone(graph_module)
