@@ -111,17 +111,26 @@ def _copyable(constructor: Any, observer: torch.nn.Module) -> bool:
     return True
 
 
-def _fixed_arguments(constructor: Any) -> bool:
-    """Whether calling ``constructor`` passes the same arguments each time (no callable arguments)."""
+def constructor_links(constructor: Any) -> list[Any]:
+    """``constructor``, then each callable it wraps (a wrapper's partial, a partial's function)."""
+    links = [constructor]
     while True:
         if isinstance(constructor, PartialWrapper):
-            if constructor.callable_args:
-                return False
             constructor = constructor.p
-        elif isinstance(constructor, functools.partial):
+        elif hasattr(constructor, "func") and not isinstance(constructor, type):
             constructor = constructor.func
         else:
-            return isinstance(constructor, type)
+            return links
+        links.append(constructor)
+
+
+def _fixed_arguments(constructor: Any) -> bool:
+    """Whether calling ``constructor`` passes the same arguments each time: partials down to a class."""
+    *wrappers, last = constructor_links(constructor)
+    return isinstance(last, type) and all(
+        isinstance(link, functools.partial) or (isinstance(link, PartialWrapper) and not link.callable_args)
+        for link in wrappers
+    )
 
 
 def _copy(observer: torch.nn.Module) -> torch.nn.Module:

@@ -23,7 +23,6 @@ from torchao.quantization.pt2e.observer import (
     AffineQuantizedObserverBase,
     FixedQParamsObserver,
     ObserverBase,
-    PartialWrapper,
     PlaceholderObserver,
     _is_activation_post_process,
 )
@@ -34,7 +33,7 @@ from torchao.quantization.pt2e.quantizer import (
     QuantizationSpecBase,
 )
 
-from plugins.observer_copies import ObserverMaker
+from plugins.observer_copies import ObserverMaker, constructor_links
 
 ObserverModule = torch.nn.Module
 
@@ -45,11 +44,8 @@ def is_observer(module: object) -> bool:
 
 
 def _constructor_class(constructor: Any) -> type:
-    while isinstance(constructor, PartialWrapper):
-        constructor = constructor.p.func
-    while hasattr(constructor, "func") and not isinstance(constructor, type):
-        constructor = constructor.func
-    return constructor if isinstance(constructor, type) else type(constructor)
+    last = constructor_links(constructor)[-1]
+    return last if isinstance(last, type) else type(last)
 
 
 def _spec_arguments(spec: QuantizationSpecBase) -> dict[str, Any]:
@@ -65,12 +61,12 @@ def build(
     built: Mapping[Any, ObserverModule | None],
     *,
     is_qat: bool,
-    maker: ObserverMaker | None = None,
+    maker: ObserverMaker,
 ) -> ObserverModule | None:
     """A new observer for ``spec``; ``built`` holds the observers of other edges and outputs.
 
     ``maker`` makes the observers of plain specs (copying those it may, see
-    :mod:`plugins.observer_copies`); without one each is constructed.
+    :mod:`plugins.observer_copies`).
     """
     if spec is None:
         return None
@@ -95,9 +91,7 @@ def build(
     arguments = _spec_arguments(spec)
     if "PerChannel" not in _constructor_class(constructor).__name__:
         arguments.pop("ch_axis")
-    if maker is not None:
-        return maker.make(constructor, arguments)
-    return constructor.with_args(**arguments)()  # type: ignore[union-attr,no-any-return]
+    return maker.make(constructor, arguments)
 
 
 def has_seen_data(module: torch.nn.Module) -> bool:
